@@ -1,0 +1,1 @@
+"""CAM engine: CLIP-ES softmax-GradCAM and class-aware attention affinity (CAA) refinement."""

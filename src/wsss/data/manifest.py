@@ -1,0 +1,85 @@
+"""The manifest: one row per image, the single dataset format every later stage reads.
+
+Columns: id, image (path relative to the dataset root), width, height, split, labels (class ids 1..C),
+mask (relative path, or empty when the image has no ground truth). On disk: `manifest.csv` (labels as
+space-separated ids) + `classes.json` (the vocabulary) + `dataset.json` (where the root is).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from wsss.data.vocab import Vocabulary
+from wsss.errors import DataError
+from wsss.io import atomic_path, write_json
+
+COLUMNS = ["id", "image", "width", "height", "split", "labels", "mask"]
+
+
+@dataclass
+class Dataset:
+    """A manifest table, its vocabulary and the root its relative paths start from."""
+
+    table: pd.DataFrame  # COLUMNS; `labels` holds tuples of ints, `mask` "" when absent
+    vocab: Vocabulary
+    root: Path
+    name: str = "dataset"
+
+    def split(self, name: str) -> "Dataset":
+        if name not in set(self.table["split"]):
+            raise DataError(f"split {name!r} not in dataset {self.name} (has: {sorted(set(self.table['split']))})")
+        return Dataset(self.table[self.table["split"] == name].reset_index(drop=True), self.vocab, self.root, self.name)
+
+    def image_path(self, row) -> Path:
+        return self.root / row["image"]
+
+    def mask_path(self, row) -> Path | None:
+        return self.root / row["mask"] if row["mask"] else None
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+def make_table(rows: list[dict]) -> pd.DataFrame:
+    """Rows (dicts with COLUMNS; `mask` optional) → a manifest table, sorted by split then id."""
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["mask"] = table["mask"].fillna("").astype(str)
+    table["labels"] = table["labels"].map(lambda ls: tuple(sorted(int(x) for x in ls)))
+    table["width"] = table["width"].astype(int)
+    table["height"] = table["height"].astype(int)
+    table["id"] = table["id"].astype(str)
+    return table.sort_values(["split", "id"], kind="stable").reset_index(drop=True)
+
+
+def write_dataset(ds: Dataset, out_dir: str | Path) -> None:
+    """Write manifest.csv, classes.json and dataset.json into `out_dir`, each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = ds.table.copy()
+    table["labels"] = table["labels"].map(lambda ls: " ".join(str(x) for x in ls))
+    with atomic_path(out_dir / "manifest.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    ds.vocab.save(out_dir / "classes.json")
+    root = Path(os.path.relpath(ds.root.resolve(), out_dir.resolve()))
+    write_json(out_dir / "dataset.json", {"name": ds.name, "root": root.as_posix(), "images": len(table),
+                                          "splits": table["split"].value_counts().sort_index().to_dict()})
+
+
+def read_dataset(prepared_dir: str | Path) -> Dataset:
+    """Read what `write_dataset` wrote; the root is stored relative to `prepared_dir`."""
+    import json
+
+    prepared_dir = Path(prepared_dir)
+    manifest = prepared_dir / "manifest.csv"
+    if not manifest.exists():
+        raise DataError(f"{manifest}: manifest not found (run the prepare stage first)")
+    meta = json.loads((prepared_dir / "dataset.json").read_text())
+    table = pd.read_csv(manifest, dtype={"id": str, "image": str, "split": str, "labels": str, "mask": str},
+                        keep_default_na=False)
+    table["labels"] = table["labels"].map(lambda s: tuple(int(x) for x in s.split()) if s else ())
+    return Dataset(table, Vocabulary.load(prepared_dir / "classes.json"), (prepared_dir / meta["root"]).resolve(),
+                   meta.get("name", "dataset"))
