@@ -45,8 +45,12 @@ class Dataset:
 
 
 def make_table(rows: list[dict]) -> pd.DataFrame:
-    """Rows (dicts with COLUMNS; `mask` optional) → a manifest table, sorted by split then id."""
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    """Rows (dicts with COLUMNS; `mask` optional) → a manifest table, sorted by split then id.
+
+    Keys beyond COLUMNS (readers use them to carry defects for validation, e.g. `unknown_labels`,
+    `problems`) are kept as extra columns after COLUMNS; `write_dataset` does not write them."""
+    extra = list(dict.fromkeys(k for r in rows for k in r if k not in COLUMNS))
+    table = pd.DataFrame(rows, columns=COLUMNS + extra)
     table["mask"] = table["mask"].fillna("").astype(str)
     table["labels"] = table["labels"].map(lambda ls: tuple(sorted(int(x) for x in ls)))
     table["width"] = table["width"].astype(int)
@@ -59,7 +63,7 @@ def write_dataset(ds: Dataset, out_dir: str | Path) -> None:
     """Write manifest.csv, classes.json and dataset.json into `out_dir`, each atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = ds.table.copy()
+    table = ds.table[COLUMNS].copy()
     table["labels"] = table["labels"].map(lambda ls: " ".join(str(x) for x in ls))
     with atomic_path(out_dir / "manifest.csv") as tmp:
         table.to_csv(tmp, index=False)

@@ -1,0 +1,1 @@
+"""Composite Prefect flows (validate a drop; later: retrain) and their serve/deploy entry points."""

@@ -1,0 +1,100 @@
+"""`wsss`: the map of the product. Pipeline stages, dataset validation and the helpers behind them.
+
+User errors print as one line (`error: <file>: <problem>`) and exit 2; a failed validation exits 1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from wsss.errors import WsssError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + SemPLeS), as a "
+                       "DVC / Prefect / MLflow pipeline. Run `wsss repro` for the whole pipeline.")
+
+STAGES = ["toyworld", "prepare", "cams", "masks", "evaluate_masks"]
+
+
+def _project_root() -> Path:
+    from wsss.tracking.runs import project_root
+
+    root = project_root()
+    if not (root / "dvc.yaml").exists():
+        raise WsssError(f"{Path.cwd()}: not inside the wsss project (no dvc.yaml found above it)")
+    return root
+
+
+@app.command()
+def repro(stage: Optional[str] = typer.Argument(None, help="Reproduce up to this stage (default: all)."),
+          force: bool = typer.Option(False, "--force", "-f", help="Rerun even if nothing changed.")):
+    """Run the DVC pipeline (`dvc repro`): toyworld → prepare → cams → masks → evaluate_masks."""
+    cmd = [sys.executable, "-m", "dvc", "repro", *([stage] if stage else []), *(["--force"] if force else [])]
+    raise typer.Exit(subprocess.call(cmd, cwd=_project_root()))
+
+
+@app.command()
+def stage(name: str = typer.Argument(..., help=f"One of: {', '.join(STAGES)}.")):
+    """Run one stage directly (no DVC bookkeeping), as a Prefect flow tracked in MLflow."""
+    if name not in STAGES:
+        raise WsssError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    raise typer.Exit(subprocess.call([sys.executable, "-m", f"stages.{name}"], cwd=_project_root()))
+
+
+@app.command()
+def validate(path: Path = typer.Argument(..., help="Dataset root (a drop) to validate."),
+             format: str = typer.Option("auto", help="voc | coco | custom | auto."),
+             classes: Optional[Path] = typer.Option(None, help="Class list (JSON or one name per line)."),
+             labels: Optional[Path] = typer.Option(None, help="Labels file (custom CSV/JSON, COCO labels)."),
+             split: Optional[list[str]] = typer.Option(None, help="Splits to read (repeatable)."),
+             report_dir: Path = typer.Option(Path("reports/validation"), help="Where the GX report goes."),
+             max_pixels: int = typer.Option(50_000_000, help="Refuse images with more pixels (bombs)."),
+             min_side: int = typer.Option(16, help="Refuse images with a smaller side.")):
+    """Validate a dataset drop with Great Expectations; exit 1 and name each defect if it fails."""
+    from wsss.data.readers import read_dataset_source
+    from wsss.validation import validate_dataset
+
+    ds = read_dataset_source(path, format=format, classes=classes, splits=split, labels=labels)
+    result = validate_dataset(ds, report_dir, max_pixels=max_pixels, min_side=min_side)
+    for line in result.verdicts:
+        typer.echo(line)
+    verdict = "PASSED" if result.success else "FAILED"
+    typer.echo(f"{verdict}: {len(ds)} images, {len(result.verdicts)} failing expectation(s); "
+               f"report: {result.summary.get('data_docs', report_dir)}")
+    raise typer.Exit(0 if result.success else 1)
+
+
+@app.command()
+def toyworld(out: Path = typer.Argument(Path("data/raw/toyworld"), help="Output dataset root."),
+             num_train: int = typer.Option(1000), num_val: int = typer.Option(300),
+             image_size: int = typer.Option(96), seed: int = typer.Option(0)):
+    """Generate the embedded toy world (VOC format) deterministically from a seed."""
+    from wsss.io import atomic_dir
+    from wsss.toyworld import generate_toyworld
+
+    with atomic_dir(out) as tmp:
+        stats = generate_toyworld(tmp, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+    typer.echo(f"wrote {out}: {stats}")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr, exit code 2."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        app()
+    except WsssError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

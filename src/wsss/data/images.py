@@ -1,0 +1,140 @@
+"""Safe image I/O: refuse decompression bombs, decode fully (so corruption shows up here, not mid-training),
+convert any colour mode to RGB without silently mangling it, and read label masks as uint8 indices.
+
+Every failure is a `DataError` whose one-line message names the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from wsss.errors import DataError
+
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: well above any real dataset photo, far below a bomb's claim
+
+# Alpha is composited on this colour. Black = premultiplied alpha: a fully transparent pixel carries no
+# colour at all, instead of whatever RGB values happen to be stored under it (what a plain convert shows).
+ALPHA_BACKGROUND = (0, 0, 0)
+
+
+class DecompressionBomb(DataError):
+    """The header claims more pixels than allowed; the image was refused before decoding."""
+
+
+def _check_pixels(img: Image.Image, path, max_pixels: int | None) -> None:
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise DecompressionBomb(f"{path}: refused as a decompression bomb ({w}x{h} = {w * h} pixels "
+                                f"> limit {max_pixels})")
+
+
+def _open_lazy(path, max_pixels: int | None) -> Image.Image:
+    """Image.open (header only) under our own pixel limit instead of PIL's global one.
+
+    PIL's own check warns above Image.MAX_IMAGE_PIXELS and raises above twice that; the warning is
+    silenced (our limit decides), the error is still turned into a DecompressionBomb.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise DecompressionBomb(f"{path}: refused as a decompression bomb ({e})") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode image ({_reason(e)})") from None
+    try:
+        _check_pixels(img, path, max_pixels)
+    except DataError:
+        img.close()
+        raise
+    return img
+
+
+def _reason(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def peek_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) from the header only, without decoding the pixels (cheap, for readers)."""
+    with _open_lazy(path, max_pixels) as img:
+        return img.size
+
+
+def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image in its original mode; a truncated/corrupt file fails here."""
+    img = _open_lazy(path, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        img.close()
+        raise DataError(f"{path}: cannot decode image ({_reason(e)})") from None
+    return img
+
+
+def _to_8bit(img: Image.Image, path) -> Image.Image:
+    """16/32-bit integer and float grey images → 8-bit L, scaling 16-bit by its range; refuse to clip."""
+    a = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        return Image.fromarray((a.astype(np.uint32) // 257).astype(np.uint8), "L")
+    if a.size and (np.nanmin(a) < 0 or np.nanmax(a) > 255 or not np.isfinite(a).all()):
+        raise DataError(f"{path}: cannot convert mode {img.mode} to RGB without clipping "
+                        f"(values {np.nanmin(a)}..{np.nanmax(a)})")
+    return Image.fromarray(np.rint(a).astype(np.uint8), "L")
+
+
+def to_rgb(img: Image.Image, path: str | Path = "<image>", background=ALPHA_BACKGROUND) -> Image.Image:
+    """Any PIL mode → RGB. Alpha (RGBA/LA/PA, palette transparency) is composited on `background`
+    (black by default, see ALPHA_BACKGROUND); CMYK uses PIL's conversion; high-bit-depth grey is scaled,
+    never clipped. Raises DataError when a mode cannot be converted faithfully."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    try:
+        if mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        elif mode.startswith("I") or mode == "F":
+            img = _to_8bit(img, path)
+        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            rgba = img.convert("RGBA")
+            base = Image.new("RGB", rgba.size, tuple(background))
+            base.paste(rgba, mask=rgba.getchannel("A"))
+            return base
+        return img.convert("RGB")
+    except DataError:
+        raise
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: cannot convert image mode {mode} to RGB ({_reason(e)})") from None
+
+
+def load_rgb(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """open_image + to_rgb: what every stage that needs pixels should call."""
+    with open_image(path, max_pixels) as img:
+        return to_rgb(img, path).copy()
+
+
+MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")
+
+
+def read_mask(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A label mask as an H×W uint8 array of class indices (palette indices or grey levels, not colours).
+
+    RGB masks are refused: their colours would need a palette lookup to become indices."""
+    with open_image(path, max_pixels) as img:
+        if img.mode not in MASK_MODES:
+            raise DataError(f"{path}: mask must be a palette or grayscale PNG of class indices, got mode {img.mode}")
+        a = np.asarray(img)
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    if a.dtype != np.uint8:
+        if a.size and (a.min() < 0 or a.max() > 255):
+            raise DataError(f"{path}: mask values {a.min()}..{a.max()} do not fit 0..255")
+        a = a.astype(np.uint8)
+    return np.ascontiguousarray(a)

@@ -1,0 +1,64 @@
+"""The PASCAL VOC colour palette and palette-PNG mask I/O.
+
+Masks are stored as mode-"P" PNGs: the pixel values are class ids (0 = background, 1..C, 255 = ignore)
+and the palette only decides how they look, so any viewer shows them in the familiar VOC colours while
+`load_mask` gives back the ids unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from wsss.errors import DataError
+from wsss.io import atomic_path
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """n×3 uint8 VOC palette: the bits of the class id are interleaved into the high bits of R, G, B
+    (id 1 → dark red, 15 → person pink, 255 → (224, 224, 192) the "ignore" colour)."""
+    ids = np.arange(n)
+    palette = np.zeros((n, 3), dtype=np.int64)
+    for shift in range(8):  # 8 bit-planes, each feeding one bit of each channel
+        for channel in range(3):
+            bit = (ids >> (3 * shift + channel)) & 1
+            palette[:, channel] |= bit << (7 - shift)
+    return palette.astype(np.uint8)
+
+
+VOC_PALETTE = voc_palette()
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """H×W class-id mask → H×W×3 uint8 RGB in VOC colours (for figures)."""
+    return VOC_PALETTE[np.asarray(mask, dtype=np.uint8)]
+
+
+def save_palette_png(path: str | Path, mask: np.ndarray) -> None:
+    """Write an H×W uint8 mask as a VOC-palette PNG, atomically (an existing file is always complete)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(f"mask must be an H×W uint8 array, got shape {mask.shape} dtype {mask.dtype}")
+    height, width = mask.shape
+    image = Image.frombytes("P", (width, height), np.ascontiguousarray(mask).tobytes())
+    image.putpalette(VOC_PALETTE.tobytes())
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", optimize=False)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Read a class-id mask (palette or greyscale PNG) as H×W uint8; colour (RGB) masks are refused,
+    since their colours are not ids."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise DataError(f"{path}: mask must be a palette or greyscale image of class ids, "
+                                f"got mode {image.mode}")
+            return np.array(image, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: mask file not found") from None
+    except (OSError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(f"{path}: unreadable mask ({e})") from None

@@ -1,0 +1,168 @@
+"""One MLflow run per stage execution.
+
+Runs are named `<dvc exp name or git short sha>:<stage>` and tagged with `dvc.stage`, `dvc.exp_name` and
+the git commit. All stage runs of one pipeline version (same experiment name, or same commit outside
+`dvc exp run`) hang under one parent run, so the MLflow UI shows a pipeline execution as one tree.
+Logging goes through `MlflowClient` with an explicit run id: MLflow's fluent "active run" is per thread
+and Prefect tasks run on worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+PIPELINE_TAG = "wsss.pipeline"
+
+
+def project_root() -> Path:
+    """DVC_ROOT under `dvc repro`, else the nearest ancestor of the working directory holding dvc.yaml."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"])
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "dvc.yaml").exists():
+            return d
+    return here
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """Explicit uri > MLFLOW_TRACKING_URI > the embedded SQLite store `mlflow.db` in the project root."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=project_root(), capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"cams": {"caa": {"layers": 8}}} → {"cams.caa.layers": "8"} (MLflow params are flat strings)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+@dataclass
+class StageRun:
+    """An open MLflow run; safe to use from any thread."""
+
+    client: Any
+    run_id: str
+    artifact_uri: str
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(metric_name(k), float(v), now, step or 0) for k, v in flatten(metrics).items()
+                 if _is_number(v) and not math.isnan(float(v))]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        self.client.log_dict(self.run_id, obj, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def log_image(self, image, key: str, step: int = 0) -> None:
+        """A PIL image or HxWx3 uint8 array; `key`+`step` give the UI's step slider."""
+        self.client.log_image(self.run_id, image, key=key, step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names allow only [A-Za-z0-9_-. /]: "ablation.+ CAA α=2" → "ablation.plus_CAA_alpha2"."""
+    name = name.replace("+ ", "plus_").replace("+", "plus").replace("α=", "alpha").replace("α", "alpha")
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name).replace(" ", "_")
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return not isinstance(v, bool)
+    except (TypeError, ValueError):
+        return False
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _parent_run(client, experiment_id: str, key: str, git_commit: str) -> str:
+    """The parent run of this pipeline version, created on first use."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'",
+                               max_results=1, order_by=["attributes.start_time DESC"])
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=key,
+                            tags={PIPELINE_TAG: key, "mlflow.source.git.commit": git_commit})
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def start_stage_run(stage: str, params: Mapping[str, Any], *, experiment: str = "wsss",
+                    uri: str | None = None) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage execution; FINISHED on success, FAILED on any exception."""
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(uri))
+    exp = client.get_experiment_by_name(experiment)
+    experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    commit = _git("rev-parse", "HEAD")
+    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    key = exp_name or ((commit[:7] or "nogit") + ("-dirty" if dirty else ""))
+    parent = _parent_run(client, experiment_id, key, commit)
+    run = client.create_run(experiment_id, run_name=f"{key}:{stage}", tags={
+        "mlflow.parentRunId": parent, "dvc.stage": stage, "dvc.exp_name": exp_name, "git.commit": commit,
+        "git.dirty": str(dirty), "mlflow.source.git.commit": commit, PIPELINE_TAG + ".member": key,
+    })
+    stage_run = StageRun(client, run.info.run_id, run.info.artifact_uri)
+    stage_run.log_params(params)
+    try:
+        yield stage_run
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+

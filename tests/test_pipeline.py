@@ -1,0 +1,87 @@
+"""Integration: `dvc repro` of the whole default pipeline in a temporary copy of the repository, on a
+tiny toy world, then the outputs and the MLflow runs are checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "toyworld": {"num_train": 16, "num_val": 8},
+}
+
+
+def _copy_repo(dst: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def _shrink(params_file: Path, overrides: dict) -> None:
+    params = yaml.safe_load(params_file.read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    work = tmp_path_factory.mktemp("repo")
+    _copy_repo(work)
+    _shrink(work / "params.yaml", TINY)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=work, check=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return work, env, proc
+
+
+def test_prepare_outputs(repro):
+    work, _, _ = repro
+    prepared = work / "data/prepared"
+    meta = json.loads((prepared / "dataset.json").read_text())
+    assert meta["images"] == 24 and meta["splits"] == {"train": 16, "val": 8}
+    manifest = (prepared / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == "id,image,width,height,split,labels,mask" and len(manifest) == 25
+    assert json.loads((prepared / "validation.json").read_text())["success"] is True
+
+
+def test_mlflow_run_for_prepare(repro):
+    work, env, _ = repro
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("wsss")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`dvc.stage` = 'prepare'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name.endswith(":prepare")
+    assert run.data.params["data.format"] == "voc" and run.data.params["validation.min_side"] == "16"
+    assert run.data.metrics["images"] == 24
+    assert "mlflow.parentRunId" in run.data.tags
+
+
+def test_rerun_is_a_noop(repro):
+    work, env, _ = repro
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "Data and pipelines are up to date" in proc.stdout, proc.stdout
