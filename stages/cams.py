@@ -11,7 +11,7 @@ import functools
 import time
 from pathlib import Path
 
-from prefect import task
+from prefect import task, unmapped
 
 from stages.common import main, stage_flow, with_task_runner
 from wsss.cam.runner import compute_shard
@@ -19,7 +19,9 @@ from wsss.cam.factory import build_cam_engine, cam_engine_config
 from wsss.data.manifest import Dataset, read_dataset
 from wsss.params import section
 from wsss.shards import prepare_output_dir
-from wsss.viz import cam_overlay_grid
+from wsss.metrics.plots import example_grid, example_rows
+
+OVERLAYS = "reports/cams/overlays.png"
 
 
 @task(name="cam-shard", retries=1)
@@ -38,7 +40,7 @@ def cams(params: dict, run) -> dict:
     kept = prepare_output_dir(cam_dir, cam_engine_config(params), set(ds.table["id"]), ".npz")
     print(f"{len(ds)} images in splits {cfg['splits']}; {kept} already done; {cfg['shards']} shard(s)")
     start = time.perf_counter()
-    futures = cam_shard.map(ds, cam_dir, params, range(cfg["shards"]), cfg["shards"])
+    futures = cam_shard.map(unmapped(ds), unmapped(cam_dir), unmapped(params), range(cfg["shards"]), unmapped(cfg["shards"]))
     stats = [f.result() for f in futures]
     seconds = time.perf_counter() - start
     computed = sum(s.computed for s in stats)
@@ -47,8 +49,10 @@ def cams(params: dict, run) -> dict:
                "seconds": seconds, "images_per_second": computed / busy if busy else 0.0,
                "megapixels_per_second": sum(s.pixels for s in stats) / 1e6 / busy if busy else 0.0}
     run.log_metrics(metrics)
-    grid = cam_overlay_grid(ds, cam_dir, Path("reports/cams/overlays.png"), n=cfg.get("overlays", 8))
-    if grid:
+    if len(ds) and cfg.get("overlays", 8):
+        rows, ids = example_rows(ds, cam_dir, mask_dir=cam_dir, n=cfg.get("overlays", 8))  # no masks yet
+        grid = example_grid([r[:4] for r in rows], Path(OVERLAYS), titles=("image", "ground truth", "CAM", "CAA"),
+                            row_labels=ids)
         run.log_artifact(grid, "overlays")
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()})
     return metrics

@@ -6,7 +6,7 @@ with other settings, or from CAMs that have since been recomputed, are redone; t
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import task, unmapped
 
 from stages.common import main, stage_flow, with_task_runner
 from wsss.data.manifest import Dataset, read_dataset
@@ -44,7 +44,9 @@ def masks(params: dict, run) -> dict:
     prepare_output_dir(out_dir, settings, set(ds.table["id"]), ".png")
     stale = drop_stale(out_dir, cam_dir, ".png", ".npz")
     shards = max(1, int(cfg.get("shards", 1)))
-    stats = [f.result() for f in mask_shard.map(ds, cam_dir, out_dir, params, range(shards), shards)]
+    futures = mask_shard.map(unmapped(ds), unmapped(cam_dir), unmapped(out_dir), unmapped(params), range(shards),
+                             unmapped(shards))
+    stats = [f.result() for f in futures]
     metrics = {"images": len(ds), "written": sum(s["written"] for s in stats),
                "skipped": sum(s["skipped"] for s in stats), "redone_stale": stale,
                "seconds": max(s["seconds"] for s in stats),

@@ -83,6 +83,45 @@ def toyworld(out: Path = typer.Argument(Path("data/raw/toyworld"), help="Output 
     typer.echo(f"wrote {out}: {stats}")
 
 
+@app.command("select-template")
+def select_template_cmd(split: str = typer.Option("train", help="Split of the prepared dataset to score on."),
+                        limit: int = typer.Option(500, help="Images to use (multi-label ones only count)."),
+                        candidates: Optional[Path] = typer.Option(None, help="File of templates, one per line "
+                                                                  "with {} for the class; default: CLIP-ES's + ImageNet's."),
+                        top: int = typer.Option(10, help="Rows of the ranking to print."),
+                        out: Path = typer.Option(Path("reports/templates.json"), help="Full ranking (JSON).")):
+    """Rank prompt templates by sharpness on labelled images (labels only, never masks; method.md §1)."""
+    from itertools import islice
+
+    from wsss.clip.model import load_clip
+    from wsss.clip.text import fuse_synonyms, select_template
+    from wsss.data.images import load_rgb
+    from wsss.data.manifest import read_dataset
+    from wsss.io import write_json
+    from wsss.params import load_params, section
+
+    params = load_params()
+    clip, text = section(params, "clip"), section(params, "text")
+    ds = read_dataset(section(params, "data")["prepared"]).split(split)
+    rows = ds.table[ds.table["labels"].map(len) >= 2]
+    pairs = ((load_rgb(ds.image_path(r)), [c - 1 for c in r["labels"]]) for _, r in islice(rows.iterrows(), limit))
+    model, tokenizer = load_clip(clip["model"], clip.get("pretrained"), device=_device(clip.get("device")))
+    names = fuse_synonyms(ds.vocab.names, text.get("synonyms"))
+    cands = [ln for ln in candidates.read_text().splitlines() if "{}" in ln] if candidates else None
+    ranking = select_template(model, tokenizer, pairs, names, cands)
+    write_json(out, [{"template": s.template, "sharpness": s.sharpness, "images": s.images} for s in ranking])
+    typer.echo(f"{'rank':>4}  {'sharpness':>10}  template   ({ranking[0].images} multi-label images)")
+    for i, s in enumerate(ranking[:top], 1):
+        typer.echo(f"{i:>4}  {s.sharpness:>10.4f}  {s.template}")
+    typer.echo(f"best: {ranking[0].template!r} (set text.templates in params.yaml); full ranking: {out}")
+
+
+def _device(spec: str | None) -> str:
+    from wsss.cam.factory import pick_device
+
+    return pick_device(spec)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr, exit code 2."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

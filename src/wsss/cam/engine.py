@@ -34,7 +34,7 @@ class CamConfig:
     amp: str | None = None  # None | "fp16" | "bf16": autocast on GPU (ignored on CPU)
     grad_mode: str = "vmap"  # "vmap" (one forward, batched backward) | "replicate" (K copies in one batch)
     pos_embed_fp16: bool = False  # round the interpolated positional embedding to fp16 as the reference code
-    attn_chunk_elems: int | None = None  # attention logits per chunk; None = max(2^24, N²/16)
+    attn_chunk_elems: int | None = None  # attention logits per chunk; None = max(2^20, N²/16)
     batch_size: int = 8  # equal-size images per forward in `run_batch` callers (a hint; not used here)
 
     def __post_init__(self):

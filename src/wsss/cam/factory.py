@@ -35,14 +35,6 @@ def background_words(spec: Any) -> list[str]:
     return words
 
 
-def class_names(vocab: Vocabulary, synonyms: Any) -> list[str]:
-    """Class slot texts with synonym fusion: `voc`/`coco` defaults, a {name: "syn1,syn2"} map, or none."""
-    from wsss.clip.text import SYNONYMS
-
-    table = SYNONYMS.get(synonyms, {}) if isinstance(synonyms, str) else dict(synonyms or {})
-    return [table.get(name, name) for name in vocab.names]
-
-
 def _weights_id(pretrained: str | None) -> str:
     """A tag stays a tag; a local file is identified by its content hash."""
     if pretrained and Path(pretrained).is_file():
@@ -73,14 +65,14 @@ def pick_device(spec: str | None, shard: int = 0) -> str:
 def build_cam_engine(params: dict, vocab: Vocabulary, shard: int = 0):
     from wsss.cam.engine import CamConfig, CamEngine
     from wsss.clip.model import load_clip
-    from wsss.clip.text import encode_class_texts
+    from wsss.clip.text import encode_class_texts, fuse_synonyms
 
     clip, text, cams = section(params, "clip"), section(params, "text"), section(params, "cams")
     device = pick_device(cams.get("device", clip.get("device")), shard)
     model, tokenizer = load_clip(clip["model"], clip.get("pretrained"), device=device,
                                  precision=clip.get("precision", "fp32"))
     templates = list(text["templates"])
-    class_text = encode_class_texts(model, tokenizer, class_names(vocab, text.get("synonyms")), templates)
+    class_text = encode_class_texts(model, tokenizer, fuse_synonyms(vocab.names, text.get("synonyms")), templates)
     bg_text = encode_class_texts(model, tokenizer, background_words(text["background"]), templates)
     config = CamConfig(**{k: v for k, v in cams.items() if k not in SCHEDULING_KEYS})
     return CamEngine(model, class_text, bg_text, config, device)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from tqdm.auto import tqdm
 
+from wsss.cam.engine import size_groups
 from wsss.cam.store import cam_path, save_cam, stored_key
 from wsss.data.images import load_rgb
 from wsss.data.manifest import Dataset
@@ -51,17 +51,20 @@ def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, sh
     if not todo:
         return stats
     engine = engine_factory()
+    sizes = [(int(row["width"]), int(row["height"])) for row, _ in todo]
+    groups = size_groups(sizes, engine.patch_size, max(1, engine.config.batch_size))
     start = time.perf_counter()
-    for row, key in tqdm(todo, desc=f"cams shard {shard}/{shards}", disable=not progress, unit="img"):
-        image = load_rgb(ds.image_path(row))
-        labels = list(row["labels"])
-        if labels:
-            out = engine(image, [c - 1 for c in labels])
-            cam, refined = out.cam, out.refined if out.refined is not None else out.cam
-        else:  # nothing to localise: an all-background image
-            cam = refined = np.zeros((0, image.height, image.width), np.float16)
-        save_cam(cam_path(cam_dir, row["id"]), labels, cam, refined, key=key)
-        stats.computed += 1
-        stats.pixels += image.width * image.height
+    with tqdm(total=len(todo), desc=f"cams shard {shard}/{shards}", disable=not progress, unit="img") as bar:
+        for group in groups:
+            batch = [todo[i] for i in group]
+            images = [load_rgb(ds.image_path(row)) for row, _ in batch]
+            labels = [list(row["labels"]) for row, _ in batch]
+            outs = engine.run_batch(images, [[c - 1 for c in ls] for ls in labels])
+            for (row, key), image, ls, out in zip(batch, images, labels, outs):
+                refined = out.refined if out.refined is not None else out.cam
+                save_cam(cam_path(cam_dir, row["id"]), ls, out.cam, refined, key=key)
+                stats.pixels += image.width * image.height
+            stats.computed += len(batch)
+            bar.update(len(batch))
     stats.seconds = time.perf_counter() - start
     return stats

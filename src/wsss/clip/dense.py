@@ -25,7 +25,7 @@ from wsss.errors import ConfigError
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 NUM_PREFIX = 1  # the CLS token
-DEFAULT_CHUNK_ELEMS = 1 << 24  # attention logits computed at once: 64 MiB in fp32 (or N²/16 if larger)
+MIN_CHUNK_ELEMS = 1 << 20  # attention logits computed at once: max(N²/16, 2^20) (4 MiB in fp32)
 
 
 def image_mean_std(visual: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -101,7 +101,7 @@ def accumulate_attention(attn: nn.MultiheadAttention, z: torch.Tensor, out: torc
     q = q.view(bsz, length, heads, head_dim).transpose(1, 2) * math.sqrt(1.0 / head_dim)  # [B, H, L, dh]
     k = k.view(bsz, length, heads, head_dim).transpose(1, 2)
     n = length - num_prefix
-    budget = chunk_elems or max(DEFAULT_CHUNK_ELEMS, length * length // 16)
+    budget = chunk_elems or max(MIN_CHUNK_ELEMS, length * length // 16)
     rows = max(1, min(n, budget // (heads * length)))
     scale = weight / heads
     for i in range(bsz):
@@ -114,6 +114,24 @@ def accumulate_attention(attn: nn.MultiheadAttention, z: torch.Tensor, out: torc
             out[i, r0:r1].add_(probs[..., num_prefix:].sum(0), alpha=scale)
             del probs
     return out
+
+
+@contextlib.contextmanager
+def sdpa_attention() -> Iterator[None]:
+    """Keep nn.MultiheadAttention off its inference fast path while we run blocks.
+
+    On CPU the fast path (`torch._native_multi_head_attention`) materialises every head's N×N attention
+    (12 N² floats: 805 MiB per block at a 1024² image), while the regular path calls
+    `scaled_dot_product_attention` (flash kernels, O(N) memory) and is as fast or faster. A process-wide
+    switch, restored on exit; the model itself is not touched.
+    """
+    backend = torch.backends.mha
+    previous = backend.get_fastpath_enabled()
+    backend.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        backend.set_fastpath_enabled(previous)
 
 
 def _pair(x) -> tuple[int, int]:
@@ -211,7 +229,7 @@ class DenseViT:
         among 1..L-1 to it (the last block's own is added by `last_block`).
         """
         first_captured = len(self.blocks) - self.attn_layers
-        with torch.no_grad():
+        with torch.no_grad(), sdpa_attention():
             x = self.embed(pixels)
             captured = self.blocks[first_captured:-1] if attn_out is not None else []
             with self._hooks(captured, attn_out, None):
@@ -230,7 +248,8 @@ class DenseViT:
         leaf: dict | None = {} if grad else None
         captured = [self.blocks[-1]] if attn_out is not None and self.attn_layers > 0 else []
         hooked = [self.blocks[-1]] if grad else captured
-        with torch.set_grad_enabled(grad), self._hooks(hooked, attn_out if captured else None, leaf, capture_rows):
+        with torch.set_grad_enabled(grad), sdpa_attention(), \
+                self._hooks(hooked, attn_out if captured else None, leaf, capture_rows):
             tokens = self._run_block(self.blocks[-1], x)
         return (leaf["z"] if grad else None), tokens
 

@@ -117,7 +117,7 @@ def sharpness(probs: torch.Tensor, labels: Sequence[Sequence[int]]) -> float:
     """
     total = 0.0
     for p, lab in zip(probs, labels):
-        s = p[list(lab)].double()
+        s = p.detach()[list(lab)].double()
         total += float(s.var(unbiased=False) / s.mean())
     return total
 
@@ -195,7 +195,7 @@ def select_template(model, tokenizer, images_and_labels: Iterable[tuple[Image.Im
         feats = dense_image_features(model, images, progress=progress)
     else:
         raise ValueError(f"image_features must be 'clip' or 'dense', got {image_features!r}")
-    scale = model.logit_scale.exp().float()
+    scale = model.logit_scale.detach().exp().float()
     scores = []
     for template in tqdm(candidates, desc="templates", disable=not progress):
         text = encode_class_texts(model, tokenizer, class_names, [template])

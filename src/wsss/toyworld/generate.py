@@ -103,12 +103,15 @@ class WorldSpec:
     ignore_border: float
     jpeg_quality: int
     seed: int
+    empty_fraction: float = 0.0
 
 
 def sample_scene(rng: np.random.Generator, spec: WorldSpec) -> Scene:
     """Classes first, then the background (planted classes pull their home background), then geometry."""
     home = dict(spec.cooccurrence)
     n = int(rng.choice(len(N_OBJECTS_P), p=N_OBJECTS_P)) + 1
+    if spec.empty_fraction > 0 and rng.random() < spec.empty_fraction:
+        n = 0  # background only (used for the CLIP corpus: it teaches the background words)
     classes: list[str] = []
     for _ in range(n):
         if classes and rng.random() < REPEAT_P:
@@ -127,7 +130,7 @@ def sample_scene(rng: np.random.Generator, spec: WorldSpec) -> Scene:
         background = spec.backgrounds[int(rng.integers(len(spec.backgrounds)))]
 
     s = spec.image_size
-    shrink = (1.0, 0.85, 0.75)[n - 1]
+    shrink = (1.0, 1.0, 0.85, 0.75)[n]
     objects: list[ToyObject] = []
     for cls in classes:
         radius = rng.uniform(0.13, 0.3) * s * shrink
@@ -272,6 +275,7 @@ def _stats(records: list[dict], spec: WorldSpec) -> dict:
             "images_per_class": per_class,
             "images_per_background": per_bg,
             "cooccurrence": rates,
+            "empty_images": sum(r["objects"] == 0 for r in recs),
             "mean_objects": round(sum(r["objects"] for r in recs) / max(n, 1), 3),
             "mean_foreground_fraction": round(sum(r["fg"] for r in recs) / max(n, 1), 4),
         }
@@ -288,8 +292,9 @@ def generate_toyworld(
     classes: tuple[str, ...] = CLASSES,
     backgrounds: tuple[str, ...] = BACKGROUNDS,
     cooccurrence: dict[str, str] | None = None,
-    cooccurrence_rate: float = 0.85,
+    cooccurrence_rate: float = 0.88,
     ignore_border: float = 1.0,
+    empty_fraction: float = 0.0,
     jpeg_quality: int = 92,
     workers: int | None = None,
     progress: bool = True,
@@ -297,7 +302,8 @@ def generate_toyworld(
     """Generate the toy world under `root` (replaced as a whole, atomically) and return its stats.
 
     `cooccurrence` maps a class to its home background (default `COOCCURRENCE`); `{}` plants nothing.
-    `workers` processes draw the images (default: all CPUs); the output does not depend on it.
+    `empty_fraction` of the images show only a background (0 for a WSSS dataset, whose images all carry
+    labels; the CLIP training corpus uses some). `workers` processes draw the images (default: all CPUs); the output does not depend on it.
     """
     cooccurrence = dict(COOCCURRENCE if cooccurrence is None else cooccurrence)
     unknown = [c for c in classes if c not in SHAPES] + [b for b in backgrounds if b not in TEXTURES]
@@ -311,10 +317,13 @@ def generate_toyworld(
         raise ConfigError(f"toy world: need some images (num_train={num_train}, num_val={num_val})")
     if image_size < 32:
         raise ConfigError(f"toy world: image_size must be at least 32 pixels, got {image_size}")
+    if not 0 <= empty_fraction < 1:
+        raise ConfigError(f"toy world: empty_fraction must be in [0, 1), got {empty_fraction}")
     if not 0 <= cooccurrence_rate <= 1:
         raise ConfigError(f"toy world: cooccurrence_rate must be in [0, 1], got {cooccurrence_rate}")
     spec = WorldSpec(image_size, tuple(classes), tuple(backgrounds), tuple(sorted(cooccurrence.items())),
-                     float(cooccurrence_rate), float(ignore_border), int(jpeg_quality), int(seed))
+                     float(cooccurrence_rate), float(ignore_border), int(jpeg_quality), int(seed),
+                     float(empty_fraction))
     items = [(i, f"toy_{i:06d}", "train" if i < num_train else "val") for i in range(num_train + num_val)]
     workers = max(1, min(workers or os.cpu_count() or 1, 32))
     chunk = max(1, min(100, math.ceil(len(items) / (workers * 4))))
@@ -349,6 +358,7 @@ def generate_toyworld(
             "cooccurrence": dict(spec.cooccurrence),
             "cooccurrence_rate": spec.cooccurrence_rate,
             "ignore_border": spec.ignore_border,
+            "empty_fraction": spec.empty_fraction,
             "splits": {k: v for k, v in _stats(records, spec).items()},
             "seconds": round(time.perf_counter() - t0, 2),
             "workers": workers,

@@ -1,0 +1,315 @@
+"""Train the project's small CLIP (`wsss-toy-vit`, an open_clip config) on toy-world captions, on a CPU.
+
+Why it is trained the way it is (each choice serves the CAMs computed from it, method.md §2):
+- The image embedding is the mean of the patch tokens after ln_post (the config's `pool_type: avg`),
+  exactly the path CAM scoring uses, so every patch token must carry the meaning of its own region.
+- Captions name every object (and sometimes its colour and the background), in varied templates, so the
+  text encoder knows the class and background words that CAM scoring feeds it.
+- Several captions in a batch can be true of several images; the contrastive targets are the normalised
+  matrix of "caption j fits image i" (`wsss.toyworld.captions`), not the identity.
+- Random crops that keep every object (boxes from the corpus annotations) and flips change scale and
+  position, so the model cannot tie a class to a place in the grid.
+- The corpus is its own toy world (another seed, some background-only images, the same planted
+  co-occurrence): CLIP plays a model pretrained elsewhere and never sees the WSSS dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from wsss.errors import ConfigError, DataError
+from wsss.io import atomic_path, write_json
+from wsss.toyworld.captions import Facts, image_keys, make_caption, read_facts
+
+log = logging.getLogger(__name__)
+
+# The corpus the committed checkpoint was trained on: generated into `data_root` when it is missing.
+CORPUS = dict(num_train=12000, num_val=0, image_size=96, seed=1001, empty_fraction=0.06)
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, as in CAM scoring
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_corpus(data_root: Path, split: str, max_images: int | None = None):
+    """Images (uint8 N×3×H×W), facts and union boxes (N×4, 0-based x0, y0, x1, y1 exclusive) of a split."""
+    split_file = data_root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not split_file.exists():
+        raise DataError(f"{split_file}: split file not found (is {data_root} a toy world?)")
+    ids = [s.strip() for s in split_file.read_text().split() if s.strip()]
+    if max_images:
+        ids = ids[:max_images]
+    if not ids:
+        raise DataError(f"{split_file}: no images")
+    facts: list[Facts] = []
+    boxes = np.zeros((len(ids), 4), np.float32)
+    images = None
+    for i, image_id in enumerate(tqdm(ids, desc=f"load {split}", unit="img", leave=False)):
+        f, bb = read_facts(data_root / "Annotations" / f"{image_id}.xml")
+        img = np.asarray(Image.open(data_root / "JPEGImages" / f"{image_id}.jpg").convert("RGB"))
+        if images is None:
+            images = np.zeros((len(ids), 3, *img.shape[:2]), np.uint8)
+        if img.shape[:2] != images.shape[2:]:
+            raise DataError(f"{image_id}: image size {img.shape[:2]} differs from the corpus' {images.shape[2:]}")
+        images[i] = img.transpose(2, 0, 1)
+        facts.append(f)
+        if bb:
+            b = np.array(bb, np.float32)
+            boxes[i] = (b[:, 0].min() - 1, b[:, 1].min() - 1, b[:, 2].max(), b[:, 3].max())
+        else:
+            boxes[i] = (img.shape[1] / 2, img.shape[0] / 2, img.shape[1] / 2, img.shape[0] / 2)
+    return torch.from_numpy(images), facts, boxes, ids
+
+
+def crop_params(boxes: np.ndarray, size: int, rng: np.random.Generator, min_scale: float, p_crop: float):
+    """Square crops (x0, y0, side) that contain each image's union box and lie inside the image."""
+    n = len(boxes)
+    need = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    lo = np.clip(np.maximum(need + 2, min_scale * size), 1, size)
+    side = lo + rng.random(n) * (size - lo)
+    side = np.where(rng.random(n) < p_crop, side, size)
+    # x0 in [max(0, bx1 - side), min(bx0, size - side)]
+    x_lo, x_hi = np.maximum(0, boxes[:, 2] + 1 - side), np.minimum(np.maximum(boxes[:, 0] - 1, 0), size - side)
+    y_lo, y_hi = np.maximum(0, boxes[:, 3] + 1 - side), np.minimum(np.maximum(boxes[:, 1] - 1, 0), size - side)
+    x0 = x_lo + rng.random(n) * np.maximum(x_hi - x_lo, 0)
+    y0 = y_lo + rng.random(n) * np.maximum(y_hi - y_lo, 0)
+    return x0, y0, side
+
+
+def augment(images: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator, min_scale: float = 0.55,
+            p_crop: float = 0.5) -> torch.Tensor:
+    """uint8 batch → normalised float batch: object-preserving random square crop, flip, brightness.
+
+    One batched `grid_sample` (bilinear) does crop + resize + flip for the whole batch.
+    """
+    n, _, h, w = images.shape
+    x = images.float().div_(255)
+    x0, y0, side = crop_params(boxes, w, rng, min_scale, p_crop)
+    flip = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    # affine_grid maps output coords in [-1, 1] to input coords in [-1, 1] (align_corners=False)
+    sx = side / w
+    tx = (2 * x0 + side) / w - 1
+    ty = (2 * y0 + side) / h - 1
+    theta = np.zeros((n, 2, 3), np.float32)
+    theta[:, 0, 0] = sx * flip
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = side / h
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(torch.from_numpy(theta), (n, 3, h, w), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = x * torch.from_numpy(rng.uniform(0.85, 1.15, (n, 1, 1, 1)).astype(np.float32))
+    x = x.clamp_(0, 1)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def fit_targets(img_keys: list[tuple[str, ...]], cap_keys: list[str], cap_masks: list[int]) -> torch.Tensor:
+    """B×B matrix: 1 where caption j is true of image i (always on the diagonal)."""
+    ids: dict[str, int] = {}
+    ik = torch.tensor([[ids.setdefault(k, len(ids)) for k in keys] for keys in img_keys])  # B×4
+    ck = torch.tensor([ids.setdefault(k, len(ids)) for k in cap_keys])  # B
+    cm = torch.tensor(cap_masks)
+    return (ik[:, cm] == ck[None, :]).float()
+
+
+def multi_positive_loss(logits: torch.Tensor, fits: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets are the normalised rows / columns of `fits` (repeated captions)."""
+    t_img = fits / fits.sum(1, keepdim=True)
+    t_txt = (fits / fits.sum(0, keepdim=True)).T
+    loss_i = -(t_img * F.log_softmax(logits, 1)).sum(1).mean()
+    loss_t = -(t_txt * F.log_softmax(logits.T, 1)).sum(1).mean()
+    return (loss_i + loss_t) / 2
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def zero_shot_map(model, tokenizer, images: torch.Tensor, facts: list[Facts], classes: list[str],
+                  template: str = "a photo of a {}.", batch_size: int = 256) -> float:
+    """Multi-label zero-shot mAP (%): images ranked per class by cosine to the class prompt."""
+    model.eval()
+    text = F.normalize(model.encode_text(tokenizer([template.format(c) for c in classes])), dim=-1)
+    feats = []
+    for i in range(0, len(images), batch_size):
+        feats.append(F.normalize(model.encode_image(normalise(images[i:i + batch_size])), dim=-1))
+    scores = (torch.cat(feats) @ text.T).numpy()
+    labels = np.array([[c in {o for o, _ in f.objects} for c in classes] for f in facts])
+    return float(np.mean([average_precision(scores[:, k], labels[:, k]) for k in range(len(classes))
+                          if labels[:, k].any()]) * 100)
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    order = np.argsort(-scores, kind="stable")
+    hits = labels[order].astype(np.float64)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / max(hits.sum(), 1))
+
+
+def train_toy_clip(
+    data_root: str | os.PathLike = "data/raw/toyclip-corpus",
+    out_path: str | os.PathLike = "assets/toyclip/wsss-toy-vit.pt",
+    *,
+    model_name: str = "wsss-toy-vit",
+    split: str = "train",
+    epochs: float = 2.0,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    warmup_frac: float = 0.05,
+    seed: int = 0,
+    max_images: int | None = None,
+    max_steps: int | None = None,
+    num_threads: int = 1,
+    bf16: bool = True,
+    p_crop: float = 0.5,
+    p_background: float = 0.4,
+    p_colour: float = 0.3,
+    eval_root: str | os.PathLike | None = None,
+    log_every: int = 25,
+    progress: bool = True,
+) -> dict:
+    """Train `model_name` from scratch on the captions of the toy world at `data_root`; save fp16 weights.
+
+    If `data_root` holds no toy world, the default corpus (`CORPUS`) is generated there first. Writes
+    `out_path` (an open_clip state dict in fp16, loadable with `load_clip(model_name, out_path)`) and
+    `out_path` with suffix `.json` (config, training parameters, metrics), both atomically. `eval_root`
+    (a toy world with a `val` split) adds its zero-shot mAP to the metrics. Returns the metrics.
+    """
+    import open_clip
+
+    from wsss.clip.model import clip_config, register_configs
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(num_threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    data_root, out_path = Path(data_root), Path(out_path)
+    if not (data_root / "Annotations").is_dir():
+        from wsss.toyworld import generate_toyworld
+
+        log.info("no toy world at %s: generating the CLIP corpus %s", data_root, CORPUS)
+        generate_toyworld(data_root, **CORPUS, progress=progress)
+    if batch_size < 2:
+        raise ConfigError(f"train-toy-clip: batch_size must be at least 2, got {batch_size}")
+    register_configs()
+    images, facts, boxes, _ = load_corpus(data_root, split, max_images)
+    cfg = clip_config(model_name)
+    size = cfg["vision_cfg"]["image_size"]
+    if images.shape[-1] != size or images.shape[-2] != size:
+        raise DataError(f"{data_root}: images are {tuple(images.shape[-2:])}, model {model_name} wants {size}")
+    model = open_clip.create_model(model_name, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    model.train()
+    # The 49,408-row token table is mostly words the corpus never uses; its dense gradient and Adam update
+    # would cost more than the rest of the model on a CPU. Fixed random token vectors are distinct enough.
+    model.token_embedding.requires_grad_(False)
+    keys = [image_keys(f) for f in facts]
+    n = len(facts)
+    steps_per_epoch = max(n // batch_size, 1)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    if max_steps:
+        total = min(total, max_steps)
+    warmup = max(1, int(warmup_frac * total))
+    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
+    history: list[dict] = []
+    losses: list[float] = []
+    perm, pos = rng.permutation(n), 0
+    bar = tqdm(range(total), desc="train toy CLIP", unit="step", disable=not progress)
+    for step in bar:
+        if pos + batch_size > n:
+            perm, pos = rng.permutation(n), 0
+        idx = perm[pos:pos + min(batch_size, n)]
+        pos += len(idx)
+        x = augment(images[idx], boxes[idx], rng, p_crop=p_crop)
+        caps = [make_caption(facts[i], rng, p_background=p_background, p_colour=p_colour) for i in idx]
+        fits = fit_targets([keys[i] for i in idx], [c[1] for c in caps], [c[2] for c in caps])
+        tokens = tokenizer([c[0] for c in caps])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            img = model.encode_image(x)
+            txt = model.encode_text(tokens)
+        img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
+        loss = multi_positive_loss(logits, fits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(float(loss.detach()))
+        if (step + 1) % log_every == 0 or step + 1 == total:
+            rec = {"step": step + 1, "loss": float(np.mean(losses[-log_every:])), "lr": sched.get_last_lr()[0],
+                   "logit_scale": float(model.logit_scale.exp()), "seconds": round(time.perf_counter() - t_start, 1)}
+            history.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", scale=f"{rec['logit_scale']:.1f}")
+            log.info("step %d/%d loss %.4f lr %.2e scale %.1f", step + 1, total, rec["loss"], rec["lr"],
+                     rec["logit_scale"])
+    bar.close()
+    train_seconds = time.perf_counter() - t_start
+    model.eval()
+    metrics = {
+        "steps": total,
+        "samples_seen": total * min(batch_size, n),
+        "first_loss": float(np.mean(losses[:min(log_every, len(losses))])),
+        "final_loss": float(np.mean(losses[-min(log_every, len(losses)):])),
+        "logit_scale": float(model.logit_scale.exp()),
+        "train_seconds": round(train_seconds, 1),
+    }
+    if eval_root is not None:
+        from wsss.data.vocab import Vocabulary
+
+        eval_root = Path(eval_root)
+        classes = list(Vocabulary.from_file(eval_root / "classes.txt").names)
+        v_images, v_facts, _, _ = load_corpus(eval_root, "val")
+        metrics["val_zero_shot_map"] = round(zero_shot_map(model, tokenizer, v_images, v_facts, classes), 2)
+        log.info("zero-shot mAP on %s val: %.2f", eval_root, metrics["val_zero_shot_map"])
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    with atomic_path(out_path) as tmp:
+        torch.save(state, tmp)
+    sidecar = {
+        "model": model_name,
+        "config": cfg,
+        "format": "open_clip state_dict, fp16",
+        "corpus": {"root": str(data_root), "split": split, "images": n,
+                   "generator": json.loads((data_root / "stats.json").read_text()) if (data_root / "stats.json").exists()
+                   else None},
+        "params": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                   "warmup_frac": warmup_frac, "seed": seed, "max_images": max_images, "max_steps": max_steps,
+                   "num_threads": num_threads, "bf16": bf16, "p_crop": p_crop, "p_background": p_background,
+                   "p_colour": p_colour},
+        "metrics": metrics,
+        "history": history,
+        "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version()},
+    }
+    write_json(out_path.with_suffix(".json"), sidecar)
+    return metrics

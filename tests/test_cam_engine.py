@@ -1,0 +1,117 @@
+"""The engine against the per-class CLIP-ES reference (tests/test_cam_reference.py): all present classes in
+one gradient pass must give the reference's maps (≤ 1e-5 in fp32)."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_cam_reference import ReferenceClipEs, random_image, tiny_clip
+
+from wsss.cam.engine import CamConfig, CamEngine, size_groups, upsample
+from wsss.cam.gradcam import softmax_gradcam
+from wsss.clip.dense import DenseViT, preprocess
+from wsss.errors import ConfigError
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_clip()
+    g = torch.Generator().manual_seed(1)
+    class_text = F.normalize(torch.randn(5, 32, generator=g), dim=-1)
+    bg_text = F.normalize(torch.randn(7, 32, generator=g), dim=-1)
+    return model, class_text, bg_text
+
+
+CASES = [((61, 45), [1, 3, 4]), ((32, 32), [2]), ((70, 30), [0, 4]), ((23, 50), [4, 0, 2, 1])]
+
+
+@pytest.mark.parametrize("mode", ["vmap", "replicate"])
+@pytest.mark.parametrize("size,classes", CASES)
+def test_one_pass_equals_per_class_reference(setup, mode, size, classes):
+    model, class_text, bg_text = setup
+    image = random_image(*size, seed=sum(size))
+    ref = ReferenceClipEs(model, class_text, bg_text)(image, classes)
+    out = CamEngine(model, class_text, bg_text, CamConfig(grad_mode=mode))(image, classes)
+    assert out.cam.shape == out.refined.shape == (len(classes), size[1], size[0])
+    assert out.cam.dtype == np.float32
+    for key in ("cam_grid", "cam", "refined_grid", "refined"):
+        np.testing.assert_allclose(getattr(out, key), ref[key], atol=TOL, rtol=0, err_msg=key)
+    assert all(getattr(out, k).max() > 0.99 for k in ("cam_grid", "refined_grid"))  # non-trivial maps
+
+
+def test_gradients_equal_per_class_autograd(setup):
+    """The raw per-class gradients (before ReLU/normalisation) match one backward per class."""
+    model, class_text, bg_text = setup
+    dense = DenseViT(model.visual)
+    x = dense.trunk(preprocess(random_image(40, 24), 8)[None])
+    texts = torch.cat([class_text[[0, 3]], bg_text])
+    scale = float(model.logit_scale.detach().exp())
+    per_class = []
+    for k in range(2):
+        z, tokens = dense.last_block(x, grad=True)
+        probs = (scale * F.normalize(dense.pool(tokens), dim=-1) @ texts.T).softmax(-1)
+        per_class.append(torch.autograd.grad(probs[0, k], z)[0][0, 1:].mean(0))
+    expected = torch.relu(torch.stack(per_class) @ z.detach()[0, 1:].T).view(2, 3, 5)
+    expected = expected - expected.flatten(1).amin(1)[:, None, None]
+    expected = expected / (expected.flatten(1).amax(1)[:, None, None] + 1e-7)
+    for mode in ("vmap", "replicate"):
+        res = softmax_gradcam(dense, x, (3, 5), class_text[[0, 3]], bg_text, scale, mode=mode)
+        torch.testing.assert_close(res.cam_grid, expected, atol=TOL, rtol=0)
+
+
+def test_batch_equals_single_images(setup):
+    model, class_text, bg_text = setup
+    engine = CamEngine(model, class_text, bg_text)
+    images = [random_image(61, 45, seed=s) for s in range(3)]
+    classes = [[0], [1, 2], [4, 3, 0]]
+    batch = engine.run_batch(images, classes)
+    for image, cls, out in zip(images, classes, batch):
+        single = engine(image, cls)
+        for key in ("cam", "refined", "cam_grid", "refined_grid", "probs"):
+            np.testing.assert_allclose(getattr(out, key), getattr(single, key), atol=TOL, rtol=0)
+
+
+def test_seq_first_model_same_maps(setup):
+    _, class_text, bg_text = setup
+    image = random_image(45, 37)
+    outs = [CamEngine(tiny_clip(batch_first=bf), class_text, bg_text)(image, [1, 2]) for bf in (True, False)]
+    for key in ("cam", "refined"):
+        np.testing.assert_allclose(getattr(outs[0], key), getattr(outs[1], key), atol=TOL, rtol=0)
+
+
+def test_no_classes_refine_off_and_bad_index(setup):
+    model, class_text, bg_text = setup
+    engine = CamEngine(model, class_text, bg_text)
+    out = engine(random_image(30, 20), [])
+    assert out.cam.shape == out.refined.shape == (0, 20, 30)
+    plain = CamEngine(model, class_text, bg_text, CamConfig(refine=False))(random_image(30, 20), [1])
+    assert plain.refined is None and plain.cam.shape == (1, 20, 30)
+    full = engine(random_image(30, 20), [1])
+    np.testing.assert_allclose(plain.cam, full.cam, atol=1e-6)
+    with pytest.raises(ValueError):
+        engine(random_image(30, 20), [5])
+    with pytest.raises(ConfigError):
+        CamConfig(amp="int8")
+
+
+def test_engine_leaves_model_untouched(setup):
+    model, class_text, bg_text = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    CamEngine(model, class_text, bg_text)(random_image(30, 20), [0, 1])
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_upsample_is_cv2_inter_linear():
+    maps = torch.rand(2, 6, 8)
+    got = upsample(maps, (45, 61)).numpy()
+    expected = np.stack([cv2.resize(m, (61, 45)) for m in maps.numpy()])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_size_groups_batches_equal_padded_sizes():
+    sizes = [(500, 375), (512, 384), (375, 500), (497, 370), (500, 375)]
+    assert size_groups(sizes, 16, max_batch=2) == [[0, 1], [3, 4], [2]]
