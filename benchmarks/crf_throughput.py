@@ -26,7 +26,8 @@ from wsss.cam.store import cam_path, load_cam, save_cam
 from wsss.data.manifest import Dataset, make_table
 from wsss.data.vocab import VOC_CLASSES, Vocabulary
 from wsss.masks.crf import CrfParams, crf_refine
-from wsss.masks.export import MaskParams, export_masks, load_rgb
+from wsss.data.images import load_rgb_array as load_rgb
+from wsss.masks.export import MaskParams, export_masks
 from wsss.masks.pseudo import background_score, stack_with_background
 
 

@@ -42,6 +42,19 @@ def test_one_pass_equals_per_class_reference(setup, mode, size, classes):
     assert all(getattr(out, k).max() > 0.99 for k in ("cam_grid", "refined_grid"))  # non-trivial maps
 
 
+@pytest.mark.parametrize("mode", ["vmap", "replicate"])
+def test_class_chunks_give_the_same_maps(setup, mode):
+    """Large images back-propagate a few classes at a time (bounded memory); the maps do not change."""
+    model, class_text, bg_text = setup
+    image = random_image(23, 50, seed=5)
+    classes = [4, 0, 2, 1, 3]
+    ref = ReferenceClipEs(model, class_text, bg_text)(image, classes)
+    for chunk in (1, 2):
+        out = CamEngine(model, class_text, bg_text, CamConfig(grad_mode=mode, class_chunk=chunk))(image, classes)
+        for key in ("cam_grid", "refined"):
+            np.testing.assert_allclose(getattr(out, key), ref[key], atol=TOL, rtol=0, err_msg=f"{key} {chunk}")
+
+
 def test_gradients_equal_per_class_autograd(setup):
     """The raw per-class gradients (before ReLU/normalisation) match one backward per class."""
     model, class_text, bg_text = setup

@@ -128,15 +128,16 @@ class ReferenceClipEs:
         from wsss.clip.dense import image_mean_std  # only constants
 
         self.model, self.visual = model, model.visual
-        self.class_text = F.normalize(class_text.float(), dim=-1)
-        self.bg_text = F.normalize(bg_text.float(), dim=-1)
+        self.device = next(model.parameters()).device
+        self.class_text = F.normalize(class_text.float(), dim=-1).to(self.device)
+        self.bg_text = F.normalize(bg_text.float(), dim=-1).to(self.device)
         self.box_threshold, self.attn_layers, self.full_backward = box_threshold, attn_layers, full_backward
         self.mean, self.std = image_mean_std(model.visual)
         self.patch = model.visual.patch_size[0]
 
     def trunk(self, image):
         v = self.visual
-        x = ref_preprocess(image, self.patch, self.mean, self.std)[None]
+        x = ref_preprocess(image, self.patch, self.mean, self.std)[None].to(self.device)
         h, w = x.shape[-2] // self.patch, x.shape[-1] // self.patch
         with torch.no_grad():
             x = v.conv1(x).reshape(1, v.conv1.out_channels, -1).permute(0, 2, 1)
@@ -173,8 +174,8 @@ class ReferenceClipEs:
                 grads = z.grad
             else:
                 (grads,) = torch.autograd.grad(loss, z)
-            acts = z.detach()[0, 1:].reshape(h, w, -1).permute(2, 0, 1).numpy()
-            grads = grads[0, 1:].reshape(h, w, -1).permute(2, 0, 1).numpy()
+            acts = z.detach()[0, 1:].reshape(h, w, -1).permute(2, 0, 1).float().cpu().numpy()
+            grads = grads[0, 1:].reshape(h, w, -1).permute(2, 0, 1).float().cpu().numpy()
             weights = np.mean(grads, axis=(1, 2))
             cam = np.maximum((weights[:, None, None] * acts).sum(axis=0), 0).astype(np.float32)
             cam = scale_cam_image([cam])[0]
@@ -183,7 +184,7 @@ class ReferenceClipEs:
 
             if idx == 0:
                 maps = [aw[:, 1:, 1:] for aw in attn_list + [aw_last.detach()]]
-                attn = torch.stack(maps, dim=0)[-self.attn_layers:].mean(dim=0)[0].float()
+                attn = torch.stack(maps, dim=0)[-self.attn_layers:].mean(dim=0)[0].cpu().detach().float()
             aff_mask = ref_box_mask(cam, self.box_threshold)
             out["boxes"].append(aff_mask.numpy().astype(bool))
             aff_mask = aff_mask.view(1, h * w)

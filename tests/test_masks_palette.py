@@ -57,7 +57,7 @@ def test_load_mask_errors(tmp_path):
     with pytest.raises(DataError, match="mode RGB"):
         load_mask(tmp_path / "rgb.png")
     (tmp_path / "junk.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="unreadable"):
+    with pytest.raises(DataError, match="junk.png: cannot decode mask"):
         load_mask(tmp_path / "junk.png")
     Image.fromarray(np.full((3, 4), 7, np.uint8)).save(tmp_path / "grey.png")
     assert (load_mask(tmp_path / "grey.png") == 7).all()

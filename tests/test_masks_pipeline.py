@@ -15,7 +15,7 @@ from wsss.data.manifest import make_table, read_dataset, write_dataset, Dataset
 from wsss.data.vocab import Vocabulary
 from wsss.errors import ConfigError, DataError
 from wsss.masks.crf import CrfParams
-from wsss.masks.export import MaskParams, export_masks, shard_positions
+from wsss.masks.export import MaskParams, export_masks
 from wsss.masks.palette import load_mask, save_palette_png
 from wsss.metrics.evaluate import (AblationRow, ablation, ablation_markdown, default_ablation_rows, evaluate_masks,
                                    splits_with_gt, write_report)
@@ -90,14 +90,6 @@ def test_export_is_independent_of_workers_and_shards(dataset, masks_dir, tmp_pat
                             progress=False)["written"] for i in range(3)]
     assert written == [2, 1, 1]
     assert _bytes(parallel) == _bytes(masks_dir) == _bytes(sharded)
-
-
-def test_shards_partition_the_rows():
-    parts = [shard_positions(10, (i, 3)) for i in range(3)]
-    assert sorted(sum(parts, [])) == list(range(10)) and parts[1] == [1, 4, 7]
-    for bad in [(3, 3), (-1, 2), (0, 0)]:
-        with pytest.raises(ConfigError, match="shard"):
-            shard_positions(10, bad)
 
 
 def test_export_resumes_and_skips_existing(dataset, tmp_path):

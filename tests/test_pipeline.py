@@ -85,3 +85,33 @@ def test_rerun_is_a_noop(repro):
     proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=work, env=env,
                           capture_output=True, text=True, timeout=300)
     assert "Data and pipelines are up to date" in proc.stdout, proc.stdout
+
+
+def test_pseudo_mask_reports(repro):
+    work, _, _ = repro
+    metrics = json.loads((work / "reports/pseudo/metrics.json").read_text())
+    assert set(metrics) == {"train", "val", "ablation"}
+    assert 0 < metrics["train"]["miou"] <= 1
+    assert list(metrics["ablation"])[:3] == ["CAM", "+ CAA", "+ CRF"]
+    assert (work / "reports/pseudo/ablation.md").read_text().startswith("# Pseudo-mask ablation")
+    for name in ("examples.png", "train_per_class_iou.png", "train_confusion.png"):
+        assert (work / "reports/pseudo/plots" / name).stat().st_size > 1000
+    assert len(list((work / "data/masks").glob("*.png"))) == 24
+    assert len(list((work / "data/cams").glob("*.npz"))) == 24
+
+
+def test_refused_drop_leaves_prepared_untouched(repro):
+    """Runs last: it corrupts the raw data of the temporary copy."""
+    work, env, _ = repro
+    manifest = work / "data/prepared/manifest.csv"
+    before = manifest.read_bytes()
+    image = sorted((work / "data/raw/toyworld/JPEGImages").iterdir())[0]
+    image.write_bytes(image.read_bytes()[:200])
+    proc = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert f"FAIL image decodes: 1 image — {image.stem}" in out
+    assert any(line.startswith("error: prepare failed: ") for line in proc.stderr.splitlines())
+    assert "Traceback" not in proc.stderr
+    assert manifest.read_bytes() == before

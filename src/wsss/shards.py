@@ -21,8 +21,10 @@ FINGERPRINT = "_inputs.json"
 
 
 def shard_rows(table: pd.DataFrame, index: int, count: int) -> pd.DataFrame:
-    if not 0 <= index < count:
-        raise ValueError(f"shard index {index} outside 0..{count - 1}")
+    if not (isinstance(index, int) and isinstance(count, int)) or count < 1 or not 0 <= index < count:
+        from wsss.errors import ConfigError
+
+        raise ConfigError(f"shard must be (index, count) with 0 <= index < count, got {(index, count)!r}")
     return table.iloc[index::count]
 
 

@@ -33,6 +33,7 @@ class CamConfig:
     sinkhorn_rounds: int = 3
     amp: str | None = None  # None | "fp16" | "bf16": autocast on GPU (ignored on CPU)
     grad_mode: str = "vmap"  # "vmap" (one forward, batched backward) | "replicate" (K copies in one batch)
+    class_chunk: int | None = None  # classes per batched backward; None = auto (all for VOC sizes, 1 if huge)
     pos_embed_fp16: bool = False  # round the interpolated positional embedding to fp16 as the reference code
     attn_chunk_elems: int | None = None  # attention logits per chunk; None = max(2^20, N²/16)
     batch_size: int = 8  # equal-size images per forward in `run_batch` callers (a hint; not used here)
@@ -126,7 +127,8 @@ class CamEngine:
                              grid_empty.copy() if self.config.refine else None, np.zeros(0, np.float32))
         with self._autocast():
             res = softmax_gradcam(self.dense, x_last, grid, self.class_text[idx], self.bg_text, self.logit_scale,
-                                  attn_out=None if attn is None else attn[None], mode=self.config.grad_mode)
+                                  attn_out=None if attn is None else attn[None], mode=self.config.grad_mode,
+                                  class_chunk=self.config.class_chunk)
         cam_grid = res.cam_grid
         refined_grid = None
         if attn is not None:

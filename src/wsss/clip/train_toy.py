@@ -206,7 +206,7 @@ def train_toy_clip(
 
     from wsss.clip.model import clip_config, register_configs
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     torch.set_num_threads(num_threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -284,6 +284,7 @@ def train_toy_clip(
         "final_loss": float(np.mean(losses[-min(log_every, len(losses)):])),
         "logit_scale": float(model.logit_scale.exp()),
         "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
     }
     if eval_root is not None:
         from wsss.data.vocab import Vocabulary

@@ -32,7 +32,7 @@ def _check_pixels(img: Image.Image, path, max_pixels: int | None) -> None:
                                 f"> limit {max_pixels})")
 
 
-def _open_lazy(path, max_pixels: int | None) -> Image.Image:
+def _open_lazy(path, max_pixels: int | None, what: str = "image") -> Image.Image:
     """Image.open (header only) under our own pixel limit instead of PIL's global one.
 
     PIL's own check warns above Image.MAX_IMAGE_PIXELS and raises above twice that; the warning is
@@ -45,9 +45,9 @@ def _open_lazy(path, max_pixels: int | None) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise DecompressionBomb(f"{path}: refused as a decompression bomb ({e})") from None
     except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+        raise DataError(f"{path}: {what} file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode image ({_reason(e)})") from None
+        raise DataError(f"{path}: cannot decode {what} ({_reason(e)})") from None
     try:
         _check_pixels(img, path, max_pixels)
     except DataError:
@@ -66,16 +66,16 @@ def peek_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int
         return img.size
 
 
-def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, what: str = "image") -> Image.Image:
     """Open and fully decode an image in its original mode; a truncated/corrupt file fails here."""
-    img = _open_lazy(path, max_pixels)
+    img = _open_lazy(path, max_pixels, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         img.close()
-        raise DataError(f"{path}: cannot decode image ({_reason(e)})") from None
+        raise DataError(f"{path}: cannot decode {what} ({_reason(e)})") from None
     return img
 
 
@@ -120,6 +120,11 @@ def load_rgb(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
         return to_rgb(img, path).copy()
 
 
+def load_rgb_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """`load_rgb` as a writable, C-contiguous H×W×3 uint8 array (what pydensecrf and numpy code want)."""
+    return np.array(load_rgb(path, max_pixels), dtype=np.uint8)
+
+
 MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")
 
 
@@ -127,7 +132,7 @@ def read_mask(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
     """A label mask as an H×W uint8 array of class indices (palette indices or grey levels, not colours).
 
     RGB masks are refused: their colours would need a palette lookup to become indices."""
-    with open_image(path, max_pixels) as img:
+    with open_image(path, max_pixels, what="mask") as img:
         if img.mode not in MASK_MODES:
             raise DataError(f"{path}: mask must be a palette or grayscale PNG of class indices, got mode {img.mode}")
         a = np.asarray(img)

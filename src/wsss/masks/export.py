@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from wsss.cam.store import CamRecord, cam_path, load_cam
+from wsss.data.images import load_rgb_array
 from wsss.errors import ConfigError, DataError
 from wsss.masks.crf import CrfParams, crf_refine
 from wsss.masks.palette import save_palette_png
+from wsss.shards import shard_rows
 from wsss.masks.pseudo import argmax_labels, background_score, confidence_mask, stack_with_background
 
 if TYPE_CHECKING:
@@ -86,21 +88,8 @@ def export_mask(image_rgb: np.ndarray | None, record: CamRecord, *, source: str 
     return confidence_mask(probs, labels, confidence or 0.0)
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """An image as C-contiguous H×W×3 uint8 RGB (palette, grey, RGBA and CMYK are converted)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable, C-contiguous copy
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
-
-
 def mask_for_image(image_path: str | Path | None, cam_file: str | Path, params: MaskParams,
-                   image_loader: Callable[[Path], np.ndarray] = load_rgb) -> np.ndarray:
+                   image_loader: Callable[[Path], np.ndarray] = load_rgb_array) -> np.ndarray:
     """Load one CAM file (and its image when the CRF needs it) and export its mask."""
     record = load_cam(cam_file)
     image = None
@@ -119,15 +108,6 @@ def _export_one(task: tuple) -> float:
     start = time.perf_counter()
     save_palette_png(out_path, mask_for_image(image_path, cam_file, params))
     return time.perf_counter() - start
-
-
-def shard_positions(n: int, shard: tuple[int, int]) -> list[int]:
-    """Shard i of n holds the rows at positions p (in the manifest's order) with p % n == i: shards are
-    disjoint, cover the dataset and stay the same as long as the manifest does."""
-    index, count = shard
-    if not (isinstance(index, int) and isinstance(count, int)) or count < 1 or not 0 <= index < count:
-        raise ConfigError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
-    return list(range(index, n, count))
 
 
 def run_pool(fn: Callable, tasks: list, *, workers: int | None, desc: str, progress: bool,
@@ -173,10 +153,9 @@ def export_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, p
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = dataset.table
-    positions = shard_positions(len(table), shard)
+    rows = shard_rows(table, *shard)
     tasks = []
-    for pos in positions:
-        row = table.iloc[pos]
+    for _, row in rows.iterrows():
         out_path = out_dir / f"{row['id']}.png"
         if out_path.exists():
             continue
@@ -186,7 +165,7 @@ def export_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, p
     per_image = run_pool(_export_one, tasks, workers=workers, desc=f"masks {shard[0]}/{shard[1]}",
                          progress=progress, start_method=start_method)
     seconds = time.perf_counter() - start
-    return {"images": len(positions), "written": len(tasks), "skipped": len(positions) - len(tasks),
+    return {"images": len(rows), "written": len(tasks), "skipped": len(rows) - len(tasks),
             "workers": workers, "shard": f"{shard[0]}/{shard[1]}", "seconds": round(seconds, 4),
             "image_seconds": round(float(sum(per_image)), 4),
             "seconds_per_image": round(seconds / len(tasks), 4) if tasks else None}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wsss.errors import DataError
+from wsss.data.images import read_mask
 from wsss.io import atomic_path
 
 
@@ -49,16 +49,5 @@ def save_palette_png(path: str | Path, mask: np.ndarray) -> None:
 
 
 def load_mask(path: str | Path) -> np.ndarray:
-    """Read a class-id mask (palette or greyscale PNG) as H×W uint8; colour (RGB) masks are refused,
-    since their colours are not ids."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("P", "L"):
-                raise DataError(f"{path}: mask must be a palette or greyscale image of class ids, "
-                                f"got mode {image.mode}")
-            return np.array(image, dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"{path}: mask file not found") from None
-    except (OSError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
-        raise DataError(f"{path}: unreadable mask ({e})") from None
+    """A class-id mask (palette or greyscale PNG) as H×W uint8; colour masks are refused (colours are not ids)."""
+    return read_mask(path)

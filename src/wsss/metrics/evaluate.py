@@ -24,7 +24,8 @@ from wsss.data.vocab import IGNORE, Vocabulary
 from wsss.errors import DataError
 from wsss.io import atomic_path, write_json
 from wsss.masks.crf import CrfParams
-from wsss.masks.export import MaskParams, export_mask, load_rgb, run_pool
+from wsss.data.images import load_rgb_array
+from wsss.masks.export import MaskParams, export_mask, run_pool
 from wsss.masks.palette import load_mask
 from wsss.metrics.confusion import ConfusionMatrix
 
@@ -209,7 +210,7 @@ def ablation(dataset: "Dataset", cam_dir: str | Path, image_loader: Callable[[Pa
     tasks = []
     for _, r in ds.table.iterrows():
         specs = [(str(cam_path(row.cam_dir or cam_dir, r["id"])), row.params) for row in rows]
-        tasks.append((str(ds.image_path(r)), str(ds.mask_path(r)), specs, n, image_loader or load_rgb))
+        tasks.append((str(ds.image_path(r)), str(ds.mask_path(r)), specs, n, image_loader or load_rgb_array))
     per_image = run_pool(_ablation_image, tasks, workers=workers, desc="ablation", progress=progress)
     table_rows = []
     for j, row in enumerate(rows):

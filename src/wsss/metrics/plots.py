@@ -160,9 +160,9 @@ def example_rows(dataset: "Dataset", cam_dir: str | Path, mask_dir: str | Path, 
     """Grid rows from files: the given ids, else the first `n` images with ground truth (then any).
     Returns (rows, ids) for `example_grid(rows, path, row_labels=ids)`."""
     from wsss.cam.store import cam_path, load_cam
-    from wsss.masks.export import load_rgb
+    from wsss.data.images import load_rgb_array
 
-    loader = image_loader or load_rgb
+    loader = image_loader or load_rgb_array
     table = dataset.table
     if ids is None:
         order = table.assign(_has=table["mask"] != "").sort_values("_has", ascending=False, kind="stable")

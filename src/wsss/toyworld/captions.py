@@ -106,7 +106,8 @@ def make_caption(facts: Facts, rng: np.random.Generator, p_background: float = 0
     bg = BACKGROUND_PHRASES.get(facts.background, (facts.background,))
     bg_phrase = bg[int(rng.integers(len(bg)))]
     if not facts.objects:
-        text = EMPTY_TEMPLATES[int(rng.integers(len(EMPTY_TEMPLATES)))].format(b=bg_phrase)
+        template = EMPTY_TEMPLATES[int(rng.integers(len(EMPTY_TEMPLATES)))]
+        text = template.format(b=facts.background if "a {b}" in template else bg_phrase)
         return text, facts.key(False, True), MASKS.index((False, True))
     colours = bool(rng.random() < p_colour) and all(col for _, col in facts.objects)
     with_bg = bool(rng.random() < p_background)

@@ -1,0 +1,72 @@
+"""The toy CLIP training script in a shortened run, and its pieces (targets, loss, crops)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wsss.clip.model import load_clip
+from wsss.clip.train_toy import crop_params, fit_targets, multi_positive_loss, train_toy_clip
+from wsss.toyworld import generate_toyworld
+
+
+def test_fit_targets_mark_repeated_captions():
+    img_keys = [("a|*", "a:r|*", "a|g", "a:r|g"), ("a|*", "a:b|*", "a|w", "a:b|w"), ("b|*", "b:r|*", "b|g", "b:r|g")]
+    # captions: "a" (fits images 0 and 1), "a on water" (fits 1 only), "b" (fits 2)
+    fits = fit_targets(img_keys, ["a|*", "a|w", "b|*"], [0, 2, 0])
+    assert fits.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+
+
+def test_multi_positive_loss_prefers_all_true_pairs():
+    fits = torch.tensor([[1.0, 1.0], [1.0, 1.0]])  # two identical captions of two identical images
+    tied = multi_positive_loss(torch.zeros(2, 2), fits)
+    diagonal = multi_positive_loss(torch.tensor([[10.0, -10.0], [-10.0, 10.0]]), fits)
+    assert tied < diagonal  # with repeated captions, separating the pair is not rewarded
+    eye = torch.eye(2)
+    assert multi_positive_loss(torch.tensor([[10.0, -10.0], [-10.0, 10.0]]), eye) < 1e-6
+
+
+def test_crops_keep_every_object():
+    rng = np.random.default_rng(0)
+    boxes = np.array([[10, 20, 40, 50], [0, 0, 96, 96], [70, 5, 95, 30], [48, 48, 48, 48]], np.float32)
+    for _ in range(50):
+        x0, y0, side = crop_params(boxes, 96, rng, min_scale=0.5, p_crop=1.0)
+        assert np.all(x0 >= 0) and np.all(y0 >= 0) and np.all(x0 + side <= 96 + 1e-4)
+        assert np.all(x0 <= boxes[:, 0] + 1e-4) and np.all(y0 <= boxes[:, 1] + 1e-4)
+        assert np.all(x0 + side >= boxes[:, 2] - 1e-4) and np.all(y0 + side >= boxes[:, 3] - 1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus") / "world"
+    generate_toyworld(root, num_train=48, num_val=16, image_size=96, seed=5, empty_fraction=0.1, workers=1,
+                      progress=False)
+    return root
+
+
+def test_short_training_run(tmp_path, tiny_corpus):
+    out = tmp_path / "assets" / "toy.pt"
+    metrics = train_toy_clip(tiny_corpus, out, epochs=30, batch_size=16, lr=2e-3, max_steps=24, seed=0,
+                             eval_root=tiny_corpus, progress=False, log_every=4)
+    assert metrics["steps"] == 24
+    assert metrics["final_loss"] < metrics["first_loss"]
+    assert 0 <= metrics["val_zero_shot_map"] <= 100
+    state = torch.load(out, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["model"] == "wsss-toy-vit" and sidecar["params"]["batch_size"] == 16
+    assert sidecar["metrics"]["steps"] == 24 and sidecar["history"]
+    model, _ = load_clip("wsss-toy-vit", str(out))
+    assert model.encode_image(torch.zeros(1, 3, 96, 96)).shape == (1, model.visual.output_dim)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["toy.json", "toy.pt"]  # nothing half-written left
+
+
+def test_generates_the_corpus_when_missing(tmp_path, monkeypatch):
+    from wsss.clip import train_toy
+
+    monkeypatch.setattr(train_toy, "CORPUS", dict(num_train=20, num_val=0, image_size=96, seed=1, empty_fraction=0.1))
+    metrics = train_toy_clip(tmp_path / "corpus", tmp_path / "m.pt", batch_size=8, max_steps=2, progress=False)
+    assert (tmp_path / "corpus" / "classes.txt").exists() and metrics["steps"] == 2
