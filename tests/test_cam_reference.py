@@ -19,16 +19,28 @@ import torch.nn.functional as F
 from PIL import Image
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers make them ~20×
+    slower; the CAM test modules import this fixture."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # ---- tiny models -----------------------------------------------------------------------------------------
 def tiny_clip(layers: int = 4, width: int = 64, patch: int = 8, image_size: int = 32, embed_dim: int = 32,
-              seed: int = 0, sharpen: float = 4.0, batch_first: bool = True, pool_type: str = "tok"):
+              seed: int = 0, sharpen: float = 4.0, batch_first: bool = True, pool_type: str = "tok",
+              ls_init_value: float | None = None):
     """A random open_clip CLIP small enough for unit tests. `sharpen` scales the q/k projection weights so
     the attention is peaked (random init gives nearly uniform attention, which makes CAA ill-conditioned)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(seed)
     model = CLIP(embed_dim, CLIPVisionCfg(layers=layers, width=width, head_width=16, patch_size=patch,
-                                          image_size=image_size, pool_type=pool_type),
+                                          image_size=image_size, pool_type=pool_type,
+                                          ls_init_value=ls_init_value),
                  CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)).eval()
     with torch.no_grad():
         for blk in model.visual.transformer.resblocks:

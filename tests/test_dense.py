@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cam_reference import (ReferenceClipEs, _to_seq_first, random_image, ref_block, ref_preprocess,
+from test_cam_reference import one_thread  # noqa: F401  (autouse fixture for this module)
+from test_cam_reference import (ReferenceClipEs, random_image, ref_block, ref_preprocess,
                                 tiny_clip, upsample_pos_emb)
 
 from wsss.clip.dense import (OPENAI_MEAN, OPENAI_STD, DenseViT, accumulate_attention, image_mean_std,
@@ -48,12 +49,14 @@ def test_dense_embedding_equals_encode_image_at_native_square_size():
     torch.testing.assert_close(dense.encode(x), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_dense_tokens_equal_open_clip_at_native_size():
-    model = tiny_clip()
+@pytest.mark.parametrize("ls_init_value", [None, 0.3])
+def test_dense_tokens_equal_open_clip_at_native_size(ls_init_value):
+    """Blocks run through their own forward (LayerScale included), so tokens equal open_clip's."""
+    model = tiny_clip(ls_init_value=ls_init_value)
     x = preprocess(random_image(32, 32), 8)[None]
     dense = DenseViT(model.visual)
     with torch.no_grad():
-        _, tokens = dense.last_block(dense.trunk(x))
+        tokens = dense.forward_tokens(x)
         expected = model.visual.forward_intermediates(x, indices=1, output_fmt="NLC")["image_intermediates"][-1]
     torch.testing.assert_close(tokens[:, 1:], expected, atol=1e-5, rtol=1e-5)
 
@@ -69,14 +72,14 @@ def test_dense_embedding_at_native_aspect_matches_reference_trunk():
     torch.testing.assert_close(x, x_ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_elems", [None, 4 * 49 * 3])
+@pytest.mark.parametrize("chunk_elems", [None, 4 * 49 * 3, 4 * 49 * 48 * 2])  # all / 3 rows / 2 images
 def test_attention_capture_equals_multihead_attention_weights(chunk_elems):
     model = tiny_clip(layers=1)
     blk = model.visual.transformer.resblocks[0]
-    x = torch.randn(2, 1 + 48, 64)
+    x = torch.randn(3, 1 + 48, 64)
     with torch.no_grad():
         _, weights, z = ref_block(blk, x)  # need_weights=True, average_attn_weights=True
-        out = torch.zeros(2, 48, 48)
+        out = torch.zeros(3, 48, 48)
         accumulate_attention(blk.attn, z, out, chunk_elems=chunk_elems)
     torch.testing.assert_close(out, weights[:, 1:, 1:], atol=1e-6, rtol=1e-5)
 
@@ -92,36 +95,51 @@ def test_trunk_accumulates_last_blocks_attention_sum():
     torch.testing.assert_close(attn[0], maps[-1][0, 1:, 1:], atol=1e-6, rtol=1e-5)  # only block 3 of 1..3
     with torch.no_grad():
         _, w_last, _ = ref_block(model.visual.transformer.resblocks[-1], x)
-    dense.last_block(x, attn_out=attn)
+    dense.attention_half(dense.last, x, attn_out=attn)
     torch.testing.assert_close(attn[0], maps[-1][0, 1:, 1:] + w_last[0, 1:, 1:], atol=1e-6, rtol=1e-5)
 
 
-def test_seq_first_transformer_gives_the_same_results():
+def test_token_chunks_and_seq_first_layout_give_the_same_results():
     image = random_image(40, 24)
     x = preprocess(image, 8)[None]
     outs = []
-    for batch_first in (True, False):
-        model = tiny_clip(batch_first=batch_first)
-        dense = DenseViT(model.visual)
+    for batch_first, token_chunk in ((True, None), (False, None), (True, 4)):
+        dense = DenseViT(tiny_clip(batch_first=batch_first).visual, token_chunk=token_chunk)
         attn = torch.zeros(1, 15, 15)
-        x_last = dense.trunk(x, attn_out=attn)
-        z, tokens = dense.last_block(x_last, attn_out=attn, grad=True)
-        outs.append((dense.pool(tokens).detach(), attn, dense.leaf_batch_first(z).detach()))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        y = dense.attention_half(dense.last, dense.trunk(x, attn_out=attn), attn_out=attn)
+        outs.append((dense.embedding_from_mid(y), attn, y))
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_model_is_left_untouched():
     model = tiny_clip()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks_before = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
     dense = DenseViT(model.visual)
     x_last = dense.trunk(preprocess(random_image(40, 24), 8)[None], attn_out=torch.zeros(1, 15, 15))
-    z, tokens = dense.last_block(x_last, grad=True)
-    torch.autograd.grad(dense.pool(tokens).sum(), z)
-    for blk in model.visual.transformer.resblocks:
-        assert not blk.attn._forward_pre_hooks and not blk._forward_hooks
+    z = dense.last.ln_1(x_last).detach().requires_grad_(True)
+    y = dense.attention_half(dense.last, x_last, z=z)
+    torch.autograd.grad(y.sum(), z)
+    assert sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()) == hooks_before
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_blocks_avoid_the_quadratic_memory_fast_path(monkeypatch):
+    """nn.MultiheadAttention's inference fast path materialises all heads' N×N attention on CPU; the dense
+    forward must take the scaled_dot_product_attention path instead."""
+    def fail(*args, **kwargs):
+        raise AssertionError("nn.MultiheadAttention fast path used")
+
+    monkeypatch.setattr(torch, "_native_multi_head_attention", fail)
+    model = tiny_clip()
+    with pytest.raises(AssertionError):  # the guard works: open_clip's own forward takes the fast path
+        with torch.no_grad():
+            model.encode_image(preprocess(random_image(32, 32), 8)[None])
+    dense = DenseViT(model.visual)
+    dense.encode(preprocess(random_image(40, 24), 8)[None])
 
 
 def test_unsupported_tower_is_a_config_error():

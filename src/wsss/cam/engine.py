@@ -2,8 +2,11 @@
 
 Per image: preprocess at native aspect; blocks 1..L-1 once without gradients while the last blocks'
 attention is averaged in place; the last block once with all present classes' gradients in one pass;
-CAA from that attention. CPU or GPU, fp32 or fp16/bf16 autocast (attention average, Sinkhorn and the
-refinement stay fp32).
+CAA from that attention. CPU or GPU, fp32 or fp16/bf16 autocast (attention average, Sinkhorn, the
+class scores and the refinement stay fp32).
+
+Memory: one N×N fp32 buffer per image (the attention average, then Sinkhorn/symmetrisation in place,
+A² never formed) plus O(N·D) activations; the class count only adds the K×H×W outputs.
 """
 
 from __future__ import annotations
@@ -32,17 +35,18 @@ class CamConfig:
     refine: bool = True  # compute the CAA-refined maps
     sinkhorn_rounds: int = 3
     amp: str | None = None  # None | "fp16" | "bf16": autocast on GPU (ignored on CPU)
-    grad_mode: str = "vmap"  # "vmap" (one forward, batched backward) | "replicate" (K copies in one batch)
-    class_chunk: int | None = None  # classes per batched backward; None = auto (all for VOC sizes, 1 if huge)
+    grad_mode: str = "vmap"  # "vmap": classes share batched backwards (see class_chunk) | "loop": one each
+    class_chunk: int | None = None  # classes per backward; None = auto (CPU 1, GPU up to max(256 MiB, N²·4))
     pos_embed_fp16: bool = False  # round the interpolated positional embedding to fp16 as the reference code
-    attn_chunk_elems: int | None = None  # attention logits per chunk; None = max(2^20, N²/16)
-    batch_size: int = 8  # equal-size images per forward in `run_batch` callers (a hint; not used here)
+    attn_chunk_elems: int | None = None  # attention logits per chunk; None = max(2^20 (GPU 2^24), N²/16)
+    token_chunk: int | None = None  # tokens per MLP chunk; None = all if small, else max(256, L/8)
+    batch_size: int = 8  # equal-size images per trunk forward (the cams runner groups images by size)
 
     def __post_init__(self):
         if self.amp not in AMP_DTYPES:
             raise ConfigError(f"cams.amp must be one of none/fp16/bf16, got {self.amp!r}")
-        if self.grad_mode not in ("vmap", "replicate"):
-            raise ConfigError(f"cams.grad_mode must be vmap or replicate, got {self.grad_mode!r}")
+        if self.grad_mode not in ("vmap", "loop"):
+            raise ConfigError(f"cams.grad_mode must be vmap or loop, got {self.grad_mode!r}")
         if not 0 <= self.box_threshold < 1:
             raise ConfigError(f"cams.box_threshold must be in [0, 1), got {self.box_threshold}")
         if self.caa_layers < 1 and self.refine:
@@ -80,7 +84,8 @@ class CamEngine:
             raise ValueError("CamEngine needs the model in eval mode (call model.eval())")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dense = DenseViT(model.visual, attn_layers=self.config.caa_layers if self.config.refine else 0,
-                              pos_embed_fp16=self.config.pos_embed_fp16, chunk_elems=self.config.attn_chunk_elems)
+                              pos_embed_fp16=self.config.pos_embed_fp16, chunk_elems=self.config.attn_chunk_elems,
+                              token_chunk=self.config.token_chunk)
         self.class_text = F.normalize(class_text.detach().float(), dim=-1).to(self.device)
         self.bg_text = F.normalize(bg_text.detach().float(), dim=-1).to(self.device)
         self.logit_scale = float(model.logit_scale.detach().float().exp())
@@ -127,8 +132,8 @@ class CamEngine:
                              grid_empty.copy() if self.config.refine else None, np.zeros(0, np.float32))
         with self._autocast():
             res = softmax_gradcam(self.dense, x_last, grid, self.class_text[idx], self.bg_text, self.logit_scale,
-                                  attn_out=None if attn is None else attn[None], mode=self.config.grad_mode,
-                                  class_chunk=self.config.class_chunk)
+                                  attn_out=None if attn is None else attn[None],
+                                  class_chunk=1 if self.config.grad_mode == "loop" else self.config.class_chunk)
         cam_grid = res.cam_grid
         refined_grid = None
         if attn is not None:

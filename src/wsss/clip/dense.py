@@ -1,18 +1,17 @@
 """Dense forward of an open_clip ViT at the image's native aspect (method.md §2–3).
 
 The image is resized *up* to multiples of the patch size, the positional-embedding grid is interpolated
-to the patch grid, blocks 1..L-1 run without gradients, and the last block can be re-run with a gradient
-leaf on its ln_1 output (the GradCAM activation). The head-averaged self-attention of the last `n` blocks
-is computed from each block's own q/k weights by a forward pre-hook on its attention module: the model is
-neither modified nor copied, and the average is accumulated in place into one N×N buffer per image,
-query rows in chunks, so eight N×N matrices are never alive at once.
+to the patch grid, and the blocks run through their own submodules (the model is neither modified nor
+copied): blocks 1..L-1 without gradients, the last one with a gradient leaf on its ln_1 output (the
+GradCAM activation). The head-averaged self-attention of the last `n` blocks is computed from each block's
+own in_proj q/k and accumulated in place into one N×N buffer per image, query rows in chunks, so eight
+N×N matrices are never alive at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +24,9 @@ from wsss.errors import ConfigError
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 NUM_PREFIX = 1  # the CLS token
-MIN_CHUNK_ELEMS = 1 << 20  # attention logits computed at once: max(N²/16, 2^20) (4 MiB in fp32)
+MIN_CHUNK_ELEMS = 1 << 20  # attention logits computed at once: max(N²/16, 2^20) (4 MiB in fp32) on CPU,
+MIN_CHUNK_ELEMS_GPU = 1 << 24  # max(N²/16, 2^24) (64 MiB) on GPU, where fewer, larger kernels pay
+MLP_CHUNK_BYTES = 32 << 20  # MLP activations of all tokens at once up to this (ViT-B: ~2700 tokens)
 
 
 def image_mean_std(visual: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -101,64 +102,52 @@ def accumulate_attention(attn: nn.MultiheadAttention, z: torch.Tensor, out: torc
     q = q.view(bsz, length, heads, head_dim).transpose(1, 2) * math.sqrt(1.0 / head_dim)  # [B, H, L, dh]
     k = k.view(bsz, length, heads, head_dim).transpose(1, 2)
     n = length - num_prefix
-    budget = chunk_elems or max(MIN_CHUNK_ELEMS, length * length // 16)
+    min_chunk = MIN_CHUNK_ELEMS if z.device.type == "cpu" else MIN_CHUNK_ELEMS_GPU
+    budget = chunk_elems or max(min_chunk, length * length // 16)
     rows = max(1, min(n, budget // (heads * length)))
+    images = max(1, budget // (heads * length * n)) if rows == n else 1  # small images: several at once
     scale = weight / heads
-    for i in range(bsz):
-        kt = k[i].transpose(-1, -2)
+    kt = k.transpose(-1, -2)
+    for i0 in range(0, bsz, images):
+        i1 = min(bsz, i0 + images)
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
-            logits = torch.matmul(q[i, :, num_prefix + r0:num_prefix + r1], kt).float()  # [H, r, L]
+            logits = torch.matmul(q[i0:i1, :, num_prefix + r0:num_prefix + r1], kt[i0:i1]).float()  # [b, H, r, L]
             probs = torch.softmax(logits, dim=-1)
             del logits
-            out[i, r0:r1].add_(probs[..., num_prefix:].sum(0), alpha=scale)
+            out[i0:i1, r0:r1].add_(probs[..., num_prefix:].sum(1), alpha=scale)
             del probs
     return out
-
-
-@contextlib.contextmanager
-def sdpa_attention() -> Iterator[None]:
-    """Keep nn.MultiheadAttention off its inference fast path while we run blocks.
-
-    On CPU the fast path (`torch._native_multi_head_attention`) materialises every head's N×N attention
-    (12 N² floats: 805 MiB per block at a 1024² image), while the regular path calls
-    `scaled_dot_product_attention` (flash kernels, O(N) memory) and is as fast or faster. A process-wide
-    switch, restored on exit; the model itself is not touched.
-    """
-    backend = torch.backends.mha
-    previous = backend.get_fastpath_enabled()
-    backend.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        backend.set_fastpath_enabled(previous)
 
 
 def _pair(x) -> tuple[int, int]:
     return (int(x), int(x)) if isinstance(x, (int, np.integer)) else (int(x[0]), int(x[1]))
 
 
-def _mha_query(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["query"]
-
-
 class DenseViT:
     """Runs an open_clip `VisionTransformer` (`model.visual`) densely at native aspect; holds no copy of it.
 
+    Each block runs through its own submodules, in the order of open_clip's `ResidualAttentionBlock`:
+    x ← x + ls_1(attn(ln_1(x))), then x ← x + ls_2(mlp(ln_2(x))). The per-token half (ln_2, MLP) runs over
+    token chunks, in place, so the 4·D-wide MLP activations of all N tokens never exist at once; the
+    attention half keeps ln_1(x) in hand, which is where the CAA attention is computed (from the block's own
+    in_proj q/k) and where GradCAM's gradient leaf sits.
+
     `attn_layers`: how many of the last blocks' attention maps CAA averages (method.md: 8, clipped to L).
+    `token_chunk`: tokens per MLP chunk (None: `token_slices`' rule).
     """
 
     def __init__(self, visual: nn.Module, attn_layers: int = 8, pos_embed_fp16: bool = False,
-                 chunk_elems: int | None = None):
+                 chunk_elems: int | None = None, token_chunk: int | None = None):
         _check_supported(visual)
         self.visual = visual
         self.blocks = list(visual.transformer.resblocks)
         self.attn_layers = max(0, min(int(attn_layers), len(self.blocks)))
         self.patch_size = _pair(visual.patch_size)
         self.src_grid = _pair(visual.grid_size)
-        self.batch_first = getattr(visual.transformer, "batch_first", True)
         self.pos_embed_fp16 = pos_embed_fp16
         self.chunk_elems = chunk_elems
+        self.token_chunk = token_chunk
         self._pos_cache: dict = {}
 
     # ---- input side -------------------------------------------------------------------------------------
@@ -186,90 +175,104 @@ class DenseViT:
         x = v.patch_dropout(x)
         return v.ln_pre(x)
 
-    # ---- blocks -----------------------------------------------------------------------------------------
-    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.batch_first:
-            return block(x)
-        return block(x.transpose(0, 1)).transpose(0, 1)
+    # ---- block halves -----------------------------------------------------------------------------------
+    def attention_half(self, block: nn.Module, x: torch.Tensor, z: torch.Tensor | None = None,
+                       attn_out: torch.Tensor | None = None, capture_rows: int | None = None) -> torch.Tensor:
+        """x + ls_1(attn(ln_1(x))) for batch-first x [B, L, D]; `z` overrides ln_1(x) (the gradient leaf).
+        With `attn_out`, adds the block's head-averaged patch attention (first `capture_rows` images)."""
+        if z is None:
+            z = block.ln_1(x)
+        if attn_out is not None:
+            with torch.no_grad():
+                zc = z if capture_rows is None else z[:capture_rows]
+                accumulate_attention(block.attn, zc.detach(), attn_out, chunk_elems=self.chunk_elems)
+        zt = z if block.attn.batch_first else z.transpose(0, 1)
+        # key/value as a view, not the query object itself: this keeps nn.MultiheadAttention off its inference
+        # fast path (`torch._native_multi_head_attention`), which on CPU materialises every head's N×N
+        # attention (805 MiB per block at 1024²), and on its regular path, which calls
+        # scaled_dot_product_attention (flash kernels, O(N) memory, as fast). Same q, k, v, same weights.
+        kv = zt.view_as(zt)
+        a = block.attn(zt, kv, kv, need_weights=False)[0]
+        if not block.attn.batch_first:
+            a = a.transpose(0, 1)
+        return x + block.ls_1(a)
 
-    @contextlib.contextmanager
-    def _hooks(self, blocks: Sequence[nn.Module], attn_out: torch.Tensor | None, grad_leaf: dict | None,
-               capture_rows: int | None = None) -> Iterator[None]:
-        """Pre-hooks on the blocks' attention modules: capture attention into `attn_out` (first
-        `capture_rows` batch rows only, for replicated inputs) and/or swap the input for a gradient leaf."""
+    @staticmethod
+    def mlp_half(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """x + ls_2(mlp(ln_2(x))): per token, so it can run on any slice of the tokens."""
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
 
-        def hook(mod, args, kwargs):
-            query = _mha_query(args, kwargs)
-            if attn_out is not None:
-                zb = query if mod.batch_first else query.transpose(0, 1)
-                if capture_rows is not None:
-                    zb = zb[:capture_rows]
-                with torch.no_grad():
-                    accumulate_attention(mod, zb.detach(), attn_out, chunk_elems=self.chunk_elems)
-            if grad_leaf is None:
-                return None
-            if not args or len(args) < 3 or not (args[1] is args[0] and args[2] is args[0]):
-                raise ConfigError("open_clip attention block called without self-attention on one input; "
-                                  "this vision tower is not supported")
-            leaf = query.detach().requires_grad_(True)
-            grad_leaf["z"] = leaf
-            return (leaf, leaf, leaf) + tuple(args[3:]), kwargs
+    def token_slices(self, length: int) -> list[slice]:
+        """Token chunks for the per-token half: all tokens at once while the 4·D-wide MLP activations stay
+        under MLP_CHUNK_BYTES, else max(256, ⌈L/8⌉) tokens (or `token_chunk`)."""
+        width = self.visual.conv1.out_channels
+        if self.token_chunk:
+            step = self.token_chunk
+        elif 4 * width * length * 4 <= MLP_CHUNK_BYTES:
+            step = length
+        else:
+            step = max(256, -(-length // 8))
+        return [slice(s, min(length, s + step)) for s in range(0, length, step)]
 
-        handles = [b.attn.register_forward_pre_hook(hook, with_kwargs=True) for b in blocks]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
+    def run_block(self, block: nn.Module, x: torch.Tensor, attn_out: torch.Tensor | None = None) -> torch.Tensor:
+        """One block without gradients; the MLP half in place over token chunks."""
+        with torch.no_grad():
+            x = self.attention_half(block, x, attn_out=attn_out)
+            slices = self.token_slices(x.shape[1])
+            if len(slices) == 1:
+                return self.mlp_half(block, x)
+            for sl in slices:
+                x[:, sl] = self.mlp_half(block, x[:, sl])
+        return x
 
     def trunk(self, pixels: torch.Tensor, attn_out: torch.Tensor | None = None) -> torch.Tensor:
         """Blocks 1..L-1 without gradients; returns the last block's input [B, 1+N, D] (batch-first).
 
         With `attn_out` ([B, N, N], fp32), adds the head-averaged patch attention of the captured blocks
-        among 1..L-1 to it (the last block's own is added by `last_block`).
+        among 1..L-1 to it (the last block's own is added by `attention_half` of the last block).
         """
         first_captured = len(self.blocks) - self.attn_layers
-        with torch.no_grad(), sdpa_attention():
+        with torch.no_grad():
             x = self.embed(pixels)
-            captured = self.blocks[first_captured:-1] if attn_out is not None else []
-            with self._hooks(captured, attn_out, None):
-                for block in self.blocks[:-1]:
-                    x = self._run_block(block, x)
+            for i, block in enumerate(self.blocks[:-1]):
+                x = self.run_block(block, x, attn_out if attn_out is not None and i >= first_captured else None)
         return x
 
-    def last_block(self, x: torch.Tensor, attn_out: torch.Tensor | None = None, grad: bool = False,
-                   capture_rows: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Run the last block on its input `x` [B, 1+N, D].
-
-        Returns (z, tokens): z is the gradient leaf standing for the block's ln_1 output, in the attention
-        module's layout (`leaf_batch_first` turns it and its gradients batch-first; None without `grad`),
-        tokens the block output [B, 1+N, D].
-        """
-        leaf: dict | None = {} if grad else None
-        captured = [self.blocks[-1]] if attn_out is not None and self.attn_layers > 0 else []
-        hooked = [self.blocks[-1]] if grad else captured
-        with torch.set_grad_enabled(grad), sdpa_attention(), \
-                self._hooks(hooked, attn_out if captured else None, leaf, capture_rows):
-            tokens = self._run_block(self.blocks[-1], x)
-        return (leaf["z"] if grad else None), tokens
-
-    def leaf_batch_first(self, t: torch.Tensor) -> torch.Tensor:
-        """A tensor laid out like the attention input (the leaf, its gradients) → batch-first."""
-        return t if self.batch_first else t.transpose(-3, -2)
+    @property
+    def last(self) -> nn.Module:
+        return self.blocks[-1]
 
     # ---- output side ------------------------------------------------------------------------------------
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """ln_post → mean of the patch tokens (not CLS) → projection; unnormalised [B, E]."""
-        x = self.visual.ln_post(tokens)[:, NUM_PREFIX:].mean(dim=1)
+    def pooled_sum(self, out_tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """Σ over the patch tokens among `out_tokens` (token offset `start`) of ln_post(token) → [B, D]."""
+        skip = max(0, NUM_PREFIX - start)
+        return self.visual.ln_post(out_tokens[:, skip:]).sum(dim=1)
+
+    def project(self, pooled_sum: torch.Tensor, n_patches: int) -> torch.Tensor:
+        """Mean of the patch tokens → projection; unnormalised [B, E]."""
+        x = pooled_sum / n_patches
         proj = self.visual.proj
         return x if proj is None else x @ proj
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embedding [B, E] (mean of patch tokens), no gradients."""
+    def embedding_from_mid(self, y: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image embedding [B, E] from the last block's attention-half output y, no grad:
+        MLP half, ln_post, mean of patch tokens, projection, token chunk by token chunk."""
         with torch.no_grad():
-            x = self.trunk(pixels)
-            _, tokens = self.last_block(x)
-            return F.normalize(self.pool(tokens).float(), dim=-1)
+            total = 0
+            for sl in self.token_slices(y.shape[1]):
+                total = total + self.pooled_sum(self.mlp_half(self.last, y[:, sl]), sl.start)
+            return self.project(total, y.shape[1] - NUM_PREFIX)
+
+    def forward_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """All blocks, no gradients: output tokens [B, 1+N, D] (before ln_post)."""
+        with torch.no_grad():
+            return self.run_block(self.last, self.trunk(pixels))
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embedding [B, E] (ln_post, mean of patch tokens, proj), no gradients."""
+        with torch.no_grad():
+            y = self.attention_half(self.last, self.trunk(pixels))
+            return F.normalize(self.embedding_from_mid(y).float(), dim=-1)
 
 
 def _check_supported(visual: nn.Module) -> None:

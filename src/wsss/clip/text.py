@@ -170,35 +170,40 @@ def _batched_features(encode: Callable, transforms: list, images, batch_size, mo
 
 def select_template(model, tokenizer, images_and_labels: Iterable[tuple[Image.Image, Sequence[int]]],
                     class_names: Sequence[str], candidates: Sequence[str] | None = None,
-                    image_features: str = "clip", progress: bool = True) -> list[TemplateScore]:
+                    image_features: str = "clip", batch_size: int = 32, progress: bool = True) -> list[TemplateScore]:
     """Rank candidate templates by prompt sharpness on labelled images, best (lowest) first.
 
     `images_and_labels` yields (PIL image, indices into `class_names` of the classes present); only image
     labels are used, never masks. Images with fewer than two distinct classes carry no sharpness signal
     (variance 0) and are skipped. Plain CLIP classification: softmax of exp(logit_scale)·cos over all C
     classes, image embedding from `clip_image_features` ("clip", default) or `dense_image_features` ("dense").
+    Images are encoded once, streamed in batches; each template then costs one text encoding.
     """
+    if image_features not in ("clip", "dense"):
+        raise ValueError(f"image_features must be 'clip' or 'dense', got {image_features!r}")
+    encode = clip_image_features if image_features == "clip" else dense_image_features
     candidates = list(candidates or candidate_templates())
-    images, labels = [], []
-    for image, lab in images_and_labels:
+    feats, labels, pending = [], [], []
+    for image, lab in tqdm(images_and_labels, desc="image features", disable=not progress, unit="img"):
         lab = sorted(set(int(c) for c in lab))
         if any(c < 0 or c >= len(class_names) for c in lab):
             raise DataError(f"select-template: label {lab} outside the {len(class_names)} classes")
-        if len(lab) >= 2:
-            images.append(image)
-            labels.append(lab)
-    if not images:
+        if len(lab) < 2:
+            continue
+        pending.append(image)
+        labels.append(lab)
+        if len(pending) == batch_size:
+            feats.append(encode(model, pending))
+            pending = []
+    if pending:
+        feats.append(encode(model, pending))
+    if not labels:
         raise DataError("select-template needs labelled images with at least two classes each; none found")
-    if image_features == "clip":
-        feats = clip_image_features(model, images, progress=progress)
-    elif image_features == "dense":
-        feats = dense_image_features(model, images, progress=progress)
-    else:
-        raise ValueError(f"image_features must be 'clip' or 'dense', got {image_features!r}")
+    feats = torch.cat(feats)
     scale = model.logit_scale.detach().exp().float()
     scores = []
     for template in tqdm(candidates, desc="templates", disable=not progress):
         text = encode_class_texts(model, tokenizer, class_names, [template])
         probs = (scale * feats.to(text.device) @ text.T).softmax(dim=-1).cpu()
-        scores.append(TemplateScore(template, sharpness(probs, labels), len(images)))
+        scores.append(TemplateScore(template, sharpness(probs, labels), len(labels)))
     return sorted(scores, key=lambda s: s.sharpness)

@@ -191,6 +191,7 @@ def train_toy_clip(
     p_crop: float = 0.5,
     p_background: float = 0.4,
     p_colour: float = 0.3,
+    freeze_token_embedding: bool = False,
     eval_root: str | os.PathLike | None = None,
     log_every: int = 25,
     progress: bool = True,
@@ -227,9 +228,8 @@ def train_toy_clip(
     model = open_clip.create_model(model_name, pretrained=None)
     tokenizer = open_clip.get_tokenizer(model_name)
     model.train()
-    # The 49,408-row token table is mostly words the corpus never uses; its dense gradient and Adam update
-    # would cost more than the rest of the model on a CPU. Fixed random token vectors are distinct enough.
-    model.token_embedding.requires_grad_(False)
+    if freeze_token_embedding:  # fixed random word vectors: cheaper steps, slower start of the text side
+        model.token_embedding.requires_grad_(False)
     keys = [image_keys(f) for f in facts]
     n = len(facts)
     steps_per_epoch = max(n // batch_size, 1)
@@ -307,7 +307,7 @@ def train_toy_clip(
         "params": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                    "warmup_frac": warmup_frac, "seed": seed, "max_images": max_images, "max_steps": max_steps,
                    "num_threads": num_threads, "bf16": bf16, "p_crop": p_crop, "p_background": p_background,
-                   "p_colour": p_colour},
+                   "p_colour": p_colour, "freeze_token_embedding": freeze_token_embedding},
         "metrics": metrics,
         "history": history,
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version()},

@@ -104,12 +104,15 @@ class WorldSpec:
     jpeg_quality: int
     seed: int
     empty_fraction: float = 0.0
+    size_range: tuple[float, float] = (0.13, 0.3)  # object radius as a fraction of the image side
+    objects_p: tuple[float, ...] = N_OBJECTS_P  # probability of 1, 2, 3 ... objects
+    max_rotation: float = math.pi  # objects turn by at most this many radians either way
 
 
 def sample_scene(rng: np.random.Generator, spec: WorldSpec) -> Scene:
     """Classes first, then the background (planted classes pull their home background), then geometry."""
     home = dict(spec.cooccurrence)
-    n = int(rng.choice(len(N_OBJECTS_P), p=N_OBJECTS_P)) + 1
+    n = int(rng.choice(len(spec.objects_p), p=spec.objects_p)) + 1
     if spec.empty_fraction > 0 and rng.random() < spec.empty_fraction:
         n = 0  # background only (used for the CLIP corpus: it teaches the background words)
     classes: list[str] = []
@@ -130,16 +133,16 @@ def sample_scene(rng: np.random.Generator, spec: WorldSpec) -> Scene:
         background = spec.backgrounds[int(rng.integers(len(spec.backgrounds)))]
 
     s = spec.image_size
-    shrink = (1.0, 1.0, 0.85, 0.75)[n]
+    shrink = max(0.5, 1.0 - 0.15 * max(n - 1, 0))  # crowded images hold smaller objects
     objects: list[ToyObject] = []
     for cls in classes:
-        radius = rng.uniform(0.13, 0.3) * s * shrink
+        radius = rng.uniform(*spec.size_range) * s * shrink
         for _ in range(60):
             cx, cy = rng.uniform(0.5 * radius, s - 0.5 * radius, 2)
             if all(math.hypot(cx - o.cx, cy - o.cy) >= 0.8 * (radius + o.radius) for o in objects):
                 break
             radius *= 0.97
-        lim = MAX_ROTATION.get(cls, math.pi)
+        lim = min(MAX_ROTATION.get(cls, math.pi), spec.max_rotation)
         objects.append(ToyObject(cls, "", float(cx), float(cy), float(radius), float(rng.uniform(-lim, lim))))
     return Scene(background, objects)
 
@@ -295,6 +298,9 @@ def generate_toyworld(
     cooccurrence_rate: float = 0.88,
     ignore_border: float = 1.0,
     empty_fraction: float = 0.0,
+    size_range: tuple[float, float] = (0.13, 0.3),
+    objects_p: tuple[float, ...] = N_OBJECTS_P,
+    max_rotation: float = math.pi,
     jpeg_quality: int = 92,
     workers: int | None = None,
     progress: bool = True,
@@ -317,13 +323,18 @@ def generate_toyworld(
         raise ConfigError(f"toy world: need some images (num_train={num_train}, num_val={num_val})")
     if image_size < 32:
         raise ConfigError(f"toy world: image_size must be at least 32 pixels, got {image_size}")
+    if not (0 < size_range[0] <= size_range[1] <= 0.5):
+        raise ConfigError(f"toy world: size_range must satisfy 0 < min <= max <= 0.5, got {size_range}")
+    if not objects_p or min(objects_p) < 0 or sum(objects_p) <= 0:
+        raise ConfigError(f"toy world: objects_p must be non-negative with a positive sum, got {objects_p}")
     if not 0 <= empty_fraction < 1:
         raise ConfigError(f"toy world: empty_fraction must be in [0, 1), got {empty_fraction}")
     if not 0 <= cooccurrence_rate <= 1:
         raise ConfigError(f"toy world: cooccurrence_rate must be in [0, 1], got {cooccurrence_rate}")
     spec = WorldSpec(image_size, tuple(classes), tuple(backgrounds), tuple(sorted(cooccurrence.items())),
                      float(cooccurrence_rate), float(ignore_border), int(jpeg_quality), int(seed),
-                     float(empty_fraction))
+                     float(empty_fraction), tuple(float(v) for v in size_range),
+                     tuple(float(p) / sum(objects_p) for p in objects_p), float(max_rotation))
     items = [(i, f"toy_{i:06d}", "train" if i < num_train else "val") for i in range(num_train + num_val)]
     workers = max(1, min(workers or os.cpu_count() or 1, 32))
     chunk = max(1, min(100, math.ceil(len(items) / (workers * 4))))
@@ -359,6 +370,9 @@ def generate_toyworld(
             "cooccurrence_rate": spec.cooccurrence_rate,
             "ignore_border": spec.ignore_border,
             "empty_fraction": spec.empty_fraction,
+            "size_range": list(spec.size_range),
+            "objects_p": list(spec.objects_p),
+            "max_rotation": spec.max_rotation,
             "splits": {k: v for k, v in _stats(records, spec).items()},
             "seconds": round(time.perf_counter() - t0, 2),
             "workers": workers,
