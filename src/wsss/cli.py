@@ -83,6 +83,22 @@ def toyworld(out: Path = typer.Argument(Path("data/raw/toyworld"), help="Output 
     typer.echo(f"wrote {out}: {stats}")
 
 
+@app.command("train-toy-clip")
+def train_toy_clip_cmd(data_root: Path = typer.Option(Path("data/raw/toyclip-corpus"),
+                                                      help="Toy-world corpus (generated there if absent)."),
+                       out: Path = typer.Option(Path("assets/toyclip/wsss-toy-vit.pt"), help="fp16 checkpoint."),
+                       epochs: float = typer.Option(2.0), batch_size: int = typer.Option(128),
+                       lr: float = typer.Option(1e-3), seed: int = typer.Option(0),
+                       max_steps: Optional[int] = typer.Option(None, help="Stop early (smoke runs)."),
+                       threads: int = typer.Option(1, help="torch CPU threads.")):
+    """Train the toy world's small CLIP contrastively on its captions (CPU, minutes) and save it."""
+    from wsss.clip.train_toy import train_toy_clip
+
+    result = train_toy_clip(data_root, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                            max_steps=max_steps, num_threads=threads)
+    typer.echo(f"wrote {out}: {result}")
+
+
 @app.command("select-template")
 def select_template_cmd(split: str = typer.Option("train", help="Split of the prepared dataset to score on."),
                         limit: int = typer.Option(500, help="Images to use (multi-label ones only count)."),

@@ -79,8 +79,11 @@ def crop_params(boxes: np.ndarray, size: int, rng: np.random.Generator, min_scal
     side = lo + rng.random(n) * (size - lo)
     side = np.where(rng.random(n) < p_crop, side, size)
     # x0 in [max(0, bx1 - side), min(bx0, size - side)]
-    x_lo, x_hi = np.maximum(0, boxes[:, 2] + 1 - side), np.minimum(np.maximum(boxes[:, 0] - 1, 0), size - side)
-    y_lo, y_hi = np.maximum(0, boxes[:, 3] + 1 - side), np.minimum(np.maximum(boxes[:, 1] - 1, 0), size - side)
+    # the 1-px margin is dropped where a box touches the image border (it cannot fit there)
+    x_lo = np.minimum(np.maximum(0, boxes[:, 2] + 1 - side), size - side)
+    y_lo = np.minimum(np.maximum(0, boxes[:, 3] + 1 - side), size - side)
+    x_hi = np.minimum(np.maximum(boxes[:, 0] - 1, 0), size - side)
+    y_hi = np.minimum(np.maximum(boxes[:, 1] - 1, 0), size - side)
     x0 = x_lo + rng.random(n) * np.maximum(x_hi - x_lo, 0)
     y0 = y_lo + rng.random(n) * np.maximum(y_hi - y_lo, 0)
     return x0, y0, side

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from wsss.errors import ConfigError
 from wsss.io import atomic_dir, write_json, write_text
-from wsss.toyworld.shapes import MAX_ROTATION, SHAPES
+from wsss.toyworld.shapes import CLASS_PATTERNS, MAX_ROTATION, PATTERNS, SHAPES
 from wsss.toyworld.textures import TEXTURES, draw_background
 
 CLASSES: tuple[str, ...] = tuple(SHAPES)
@@ -107,6 +107,7 @@ class WorldSpec:
     size_range: tuple[float, float] = (0.13, 0.3)  # object radius as a fraction of the image side
     objects_p: tuple[float, ...] = N_OBJECTS_P  # probability of 1, 2, 3 ... objects
     max_rotation: float = math.pi  # objects turn by at most this many radians either way
+    patterns: bool = False  # each class carries its own surface pattern (CLASS_PATTERNS)
 
 
 def sample_scene(rng: np.random.Generator, spec: WorldSpec) -> Scene:
@@ -155,8 +156,9 @@ def _object_sdf(obj: ToyObject, s: int):
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     dx, dy = xx + 0.5 - obj.cx, yy + 0.5 - obj.cy
     c, si = math.cos(obj.angle), math.sin(obj.angle)
-    u, v = (c * dx + si * dy) / obj.radius, (-si * dx + c * dy) / obj.radius
-    return y0, y1, x0, x1, SHAPES[obj.cls](u, v).astype(np.float32) * obj.radius
+    u, v = c * dx + si * dy, -si * dx + c * dy  # pixels, in the object's frame
+    sdf = SHAPES[obj.cls](u / obj.radius, v / obj.radius).astype(np.float32) * obj.radius
+    return y0, y1, x0, x1, sdf, u, v
 
 
 def render_scene(scene: Scene, rng: np.random.Generator, spec: WorldSpec):
@@ -178,13 +180,18 @@ def render_scene(scene: Scene, rng: np.random.Generator, spec: WorldSpec):
             if np.linalg.norm(rgb - bg_mean) > 0.3:
                 break
         obj.colour = name
-        y0, y1, x0, x1, sdf = _object_sdf(obj, s)
+        y0, y1, x0, x1, sdf, u, v = _object_sdf(obj, s)
         h, w = sdf.shape
         g = rng.normal(size=2)
         g /= np.linalg.norm(g) + 1e-6
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         shade = 1 + 0.25 * ((xx - w / 2) * g[0] + (yy - h / 2) * g[1]) / max(obj.radius, 1)
-        fill = np.clip(rgb * shade[..., None] + rng.normal(0, 0.03, (h, w, 1)).astype(np.float32), 0, 1)
+        fill = rgb * shade[..., None]
+        if spec.patterns:  # the class's pattern in a darker tone (a lighter one on dark objects)
+            period = s / 96 * rng.uniform(5.0, 7.0)
+            ink = PATTERNS[CLASS_PATTERNS[obj.cls]](u, v, period).astype(np.float32)[..., None]
+            fill = fill * (1 - 0.5 * ink) + (0.35 * ink if rgb.mean() < 0.25 else 0)
+        fill = np.clip(fill + rng.normal(0, 0.03, (h, w, 1)).astype(np.float32), 0, 1)
         alpha = np.clip(0.5 - sdf, 0, 1)[..., None]
         img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - alpha) + fill * alpha
         inside = sdf < -half if half > 0 else sdf < 0
@@ -301,6 +308,7 @@ def generate_toyworld(
     size_range: tuple[float, float] = (0.13, 0.3),
     objects_p: tuple[float, ...] = N_OBJECTS_P,
     max_rotation: float = math.pi,
+    patterns: bool = False,
     jpeg_quality: int = 92,
     workers: int | None = None,
     progress: bool = True,
@@ -334,7 +342,7 @@ def generate_toyworld(
     spec = WorldSpec(image_size, tuple(classes), tuple(backgrounds), tuple(sorted(cooccurrence.items())),
                      float(cooccurrence_rate), float(ignore_border), int(jpeg_quality), int(seed),
                      float(empty_fraction), tuple(float(v) for v in size_range),
-                     tuple(float(p) / sum(objects_p) for p in objects_p), float(max_rotation))
+                     tuple(float(p) / sum(objects_p) for p in objects_p), float(max_rotation), bool(patterns))
     items = [(i, f"toy_{i:06d}", "train" if i < num_train else "val") for i in range(num_train + num_val)]
     workers = max(1, min(workers or os.cpu_count() or 1, 32))
     chunk = max(1, min(100, math.ceil(len(items) / (workers * 4))))
@@ -373,6 +381,7 @@ def generate_toyworld(
             "size_range": list(spec.size_range),
             "objects_p": list(spec.objects_p),
             "max_rotation": spec.max_rotation,
+            "patterns": {c: CLASS_PATTERNS[c] for c in spec.classes} if spec.patterns else None,
             "splits": {k: v for k, v in _stats(records, spec).items()},
             "seconds": round(time.perf_counter() - t0, 2),
             "workers": workers,

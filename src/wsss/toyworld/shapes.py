@@ -113,3 +113,74 @@ SHAPES = {
 
 # Shapes that read upside down look wrong (a heart, not an arrow or a star), so their rotation is limited.
 MAX_ROTATION = {"heart": 0.5}
+
+
+# ---- surface patterns ---------------------------------------------------------------------------------------
+# Each class may carry its own surface pattern, drawn in the object's frame (it turns with the object) in a
+# darker tone of the object's colour; `u`, `v` are pixel offsets from the object's centre. Returns the ink
+# coverage in [0, 1]. Colour stays random per object, so neither colour nor pattern alone is a threshold:
+# a pattern is a local cue (every patch of the object carries it), like a zebra's stripes.
+
+
+def _soft(d: np.ndarray, width: float = 0.8) -> np.ndarray:
+    """Coverage of a stroke from its signed distance (pixels), with a one-pixel soft edge."""
+    return np.clip(0.5 - d / width, 0, 1)
+
+
+def _tri_wave(t: np.ndarray) -> np.ndarray:
+    """Distance to the nearest integer, in [0, 0.5]."""
+    return np.abs(t - np.round(t))
+
+
+def pattern_solid(u, v, period):
+    return np.zeros_like(u)
+
+
+def pattern_stripes(u, v, period):
+    return _soft(_tri_wave(u / period) * period - period * 0.25)
+
+
+def pattern_bands(u, v, period):
+    """Wide bands: stripes at twice the scale, a third inked."""
+    return _soft(_tri_wave(u / (2.2 * period)) * 2.2 * period - period * 0.75)
+
+
+def pattern_checker(u, v, period):
+    return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+
+
+def pattern_dots(u, v, period):
+    du, dv = _tri_wave(u / period) * period, _tri_wave(v / period) * period
+    return _soft(np.sqrt(du * du + dv * dv) - period * 0.28)
+
+
+def pattern_grid(u, v, period):
+    d = np.minimum(_tri_wave(u / period), _tri_wave(v / period)) * period
+    return _soft(d - 0.7)
+
+
+def pattern_rings(u, v, period):
+    return _soft(_tri_wave(np.sqrt(u * u + v * v) / period) * period - period * 0.25)
+
+
+def pattern_speckle(u, v, period):
+    """Coarse random speckle: a fixed hash of the (object-frame) cell, so it is the same for the same cell."""
+    cu, cv = np.floor(u / (period * 0.5)), np.floor(v / (period * 0.5))
+    h = np.sin(cu * 12.9898 + cv * 78.233) * 43758.5453
+    return ((h - np.floor(h)) > 0.55).astype(np.float32)
+
+
+def pattern_zigzag(u, v, period):
+    w = v + period * 0.5 * (2 * _tri_wave(u / period))
+    return _soft(_tri_wave(w / period) * period - period * 0.22)
+
+
+PATTERNS = {
+    "solid": pattern_solid, "stripes": pattern_stripes, "checker": pattern_checker, "dots": pattern_dots,
+    "bands": pattern_bands, "grid": pattern_grid, "rings": pattern_rings, "speckle": pattern_speckle, "zigzag": pattern_zigzag,
+}
+# the class → pattern map used when a world is generated with `patterns=True`
+CLASS_PATTERNS = {
+    "triangle": "stripes", "circle": "solid", "square": "checker", "star": "dots", "cross": "grid",
+    "ring": "zigzag", "heart": "speckle", "moon": "rings", "arrow": "bands",
+}
