@@ -49,11 +49,9 @@ def prepare(params: dict, run) -> dict:
     run.log_artifact(report_dir, "validation")
     run.log_metrics({"images": len(ds), "classes": ds.vocab.num_classes,
                      "validation.failed_expectations": len(result.verdicts)})
-    for line in result.verdicts:
-        print(line)
-    if not result.success:
+    if not result.success:  # the verdicts are the message: they must not depend on the log level
         raise DataError(f"{data['root']}: dataset refused, {len(result.verdicts)} expectation(s) failed "
-                        f"(report: {report_dir}); {data['prepared']} left unchanged")
+                        f"(report: {report_dir}); {data['prepared']} left unchanged\n" + "\n".join(result.verdicts))
     write(ds, Path(data["prepared"]), result.summary)
     run.log_artifact(Path(data["prepared"]) / "manifest.csv", "prepared")
     run.log_artifact(Path(data["prepared"]) / "classes.json", "prepared")
