@@ -13,10 +13,10 @@ from pathlib import Path
 
 from prefect import task, unmapped
 
-from stages.common import main, stage_flow, with_task_runner
+from stages.common import cam_split, main, stage_flow, with_task_runner
 from wsss.cam.runner import compute_shard
 from wsss.cam.factory import build_cam_engine, cam_engine_config
-from wsss.data.manifest import Dataset, read_dataset
+from wsss.data.manifest import Dataset
 from wsss.params import section
 from wsss.shards import prepare_output_dir
 from wsss.metrics.plots import example_grid, example_rows
@@ -34,20 +34,19 @@ def cam_shard(ds: Dataset, cam_dir: str, params: dict, shard: int, shards: int):
 def cams(params: dict, run) -> dict:
     """Shard the manifest, map the shards over the task runner, log throughput and overlays."""
     cfg = section(params, "cams")
-    ds = read_dataset(section(params, "data")["prepared"])
-    ds = Dataset(ds.table[ds.table["split"].isin(cfg["splits"])].reset_index(drop=True), ds.vocab, ds.root, ds.name)
+    ds = cam_split(params)
     cam_dir = cfg["out"]
     kept = prepare_output_dir(cam_dir, cam_engine_config(params), set(ds.table["id"]), ".npz")
     print(f"{len(ds)} images in splits {cfg['splits']}; {kept} already done; {cfg['shards']} shard(s)")
     start = time.perf_counter()
-    futures = cam_shard.map(unmapped(ds), unmapped(cam_dir), unmapped(params), range(cfg["shards"]), unmapped(cfg["shards"]))
+    futures = cam_shard.map(unmapped(ds), unmapped(cam_dir), unmapped(params), range(cfg["shards"]),
+                            unmapped(cfg["shards"]))
     stats = [f.result() for f in futures]
     seconds = time.perf_counter() - start
     computed = sum(s.computed for s in stats)
-    busy = sum(s.seconds for s in stats)
     metrics = {"images": len(ds), "computed": computed, "skipped": sum(s.skipped for s in stats),
-               "seconds": seconds, "images_per_second": computed / busy if busy else 0.0,
-               "megapixels_per_second": sum(s.pixels for s in stats) / 1e6 / busy if busy else 0.0}
+               "seconds": seconds, "images_per_second": computed / seconds if computed else 0.0,
+               "megapixels_per_second": sum(s.pixels for s in stats) / 1e6 / seconds if computed else 0.0}
     run.log_metrics(metrics)
     if len(ds) and cfg.get("overlays", 8):
         rows, ids = example_rows(ds, cam_dir, mask_dir=cam_dir, n=cfg.get("overlays", 8))  # no masks yet

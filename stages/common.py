@@ -74,6 +74,15 @@ def main(stage_flow_fn, configure: Callable | None = None) -> None:
         raise SystemExit(1)
 
 
+def cam_split(params: dict):
+    """The prepared images of the splits the `cams` stage covers (and so `masks` and `evaluate_masks`)."""
+    from wsss.data.manifest import Dataset, read_dataset
+
+    ds = read_dataset(section(params, "data")["prepared"])
+    keep = ds.table["split"].isin(section(params, "cams")["splits"])
+    return Dataset(ds.table[keep].reset_index(drop=True), ds.vocab, ds.root, ds.name)
+
+
 def with_task_runner(stage: str) -> Callable:
     """`configure` for per-image stages: shards map over threads by default, over a Dask cluster when
     `<stage>.dask_address` names a scheduler (`local` = a LocalCluster with one worker per visible GPU,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.common import main, stage_flow
-from stages.masks import cam_split, mask_params
+from stages.common import cam_split, main, stage_flow
+from stages.masks import mask_params
 from wsss.io import atomic_dir, write_json, write_text
 from wsss.masks.export import MaskParams
 from wsss.metrics.evaluate import (AblationRow, ablation, ablation_markdown, default_ablation_rows, evaluate_masks,

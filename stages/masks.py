@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from prefect import task, unmapped
 
-from stages.common import main, stage_flow, with_task_runner
-from wsss.data.manifest import Dataset, read_dataset
+from stages.common import cam_split, main, stage_flow, with_task_runner
+from wsss.data.manifest import Dataset
 from wsss.masks.export import MaskParams, export_masks
 from wsss.params import section
 from wsss.shards import drop_stale, output_key, prepare_output_dir
@@ -25,13 +25,6 @@ def mask_params(params: dict) -> MaskParams:
 def mask_shard(ds: Dataset, cam_dir: str, out_dir: str, params: dict, shard: int, shards: int) -> dict:
     workers = section(params, "masks").get("workers") or None
     return export_masks(ds, cam_dir, out_dir, mask_params(params), workers=workers, shard=(shard, shards))
-
-
-def cam_split(params: dict) -> Dataset:
-    """The images the `cams` stage covered."""
-    ds = read_dataset(section(params, "data")["prepared"])
-    keep = ds.table["split"].isin(section(params, "cams")["splits"])
-    return Dataset(ds.table[keep].reset_index(drop=True), ds.vocab, ds.root, ds.name)
 
 
 @stage_flow("masks", ["masks"])

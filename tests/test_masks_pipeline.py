@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter, shift
 from wsss.cam.store import cam_path, save_cam
 from wsss.data.manifest import make_table, read_dataset, write_dataset, Dataset
 from wsss.data.vocab import Vocabulary
-from wsss.errors import ConfigError, DataError
+from wsss.errors import DataError
 from wsss.masks.crf import CrfParams
 from wsss.masks.export import MaskParams, export_masks
 from wsss.masks.palette import load_mask, save_palette_png

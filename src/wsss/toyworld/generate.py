@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from wsss.errors import ConfigError
 from wsss.io import atomic_dir, write_json, write_text
+from wsss.masks.palette import save_palette_png
 from wsss.toyworld.shapes import CLASS_PATTERNS, MAX_ROTATION, PATTERNS, SHAPES
 from wsss.toyworld.textures import TEXTURES, draw_background
 
@@ -58,23 +59,14 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "brown": (0.5, 0.31, 0.16),
 }
 
+# each class's usual colour (with probability `colour_prior`; any palette colour otherwise)
+CLASS_COLOURS: dict[str, str] = {
+    "triangle": "red", "circle": "green", "square": "blue", "star": "yellow", "cross": "purple",
+    "ring": "orange", "heart": "pink", "moon": "white", "arrow": "black",
+}
+
 N_OBJECTS_P = (0.45, 0.35, 0.2)  # probability of 1, 2, 3 objects
 REPEAT_P = 0.15  # chance that a further object repeats a class already in the image ("two circles")
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (256 RGB triples, flattened), as PIL's putpalette wants it."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 @dataclass
@@ -108,6 +100,7 @@ class WorldSpec:
     objects_p: tuple[float, ...] = N_OBJECTS_P  # probability of 1, 2, 3 ... objects
     max_rotation: float = math.pi  # objects turn by at most this many radians either way
     patterns: bool = False  # each class carries its own surface pattern (CLASS_PATTERNS)
+    colour_prior: float = 0.0  # probability that an object has its class's usual colour (CLASS_COLOURS)
 
 
 def sample_scene(rng: np.random.Generator, spec: WorldSpec) -> Scene:
@@ -174,8 +167,9 @@ def render_scene(scene: Scene, rng: np.random.Generator, spec: WorldSpec):
     names = list(COLOURS)
     for k, obj in enumerate(scene.objects):
         # a colour that stands out from the background's mean colour (camouflage would be unfair at 96 px)
-        for _ in range(20):
-            name = names[int(rng.integers(len(names)))]
+        usual = spec.colour_prior > 0 and obj.cls in CLASS_COLOURS and rng.random() < spec.colour_prior
+        for attempt in range(20):
+            name = CLASS_COLOURS[obj.cls] if usual and attempt == 0 else names[int(rng.integers(len(names)))]
             rgb = np.clip(np.array(COLOURS[name], np.float32) + rng.uniform(-0.07, 0.07, 3), 0, 1)
             if np.linalg.norm(rgb - bg_mean) > 0.3:
                 break
@@ -247,9 +241,6 @@ def annotation_xml(image_id: str, scene: Scene, boxes, spec: WorldSpec) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-_PALETTE = voc_palette()
-
-
 def _write_chunk(args) -> list[dict]:
     """Worker: draw and write a contiguous range of images; returns their summaries for the stats."""
     tmp_root, spec, items = args
@@ -258,9 +249,7 @@ def _write_chunk(args) -> list[dict]:
     for index, image_id, split in items:
         scene, image, mask, boxes = make_image(index, spec)
         Image.fromarray(image).save(tmp_root / "JPEGImages" / f"{image_id}.jpg", quality=spec.jpeg_quality)
-        png = Image.fromarray(mask, mode="P")
-        png.putpalette(_PALETTE)
-        png.save(tmp_root / "SegmentationClass" / f"{image_id}.png", optimize=False)
+        save_palette_png(tmp_root / "SegmentationClass" / f"{image_id}.png", mask)
         (tmp_root / "Annotations" / f"{image_id}.xml").write_text(annotation_xml(image_id, scene, boxes, spec))
         fg = float(((mask > 0) & (mask < 255)).mean())
         out.append({"id": image_id, "split": split, "background": scene.background,
@@ -309,6 +298,7 @@ def generate_toyworld(
     objects_p: tuple[float, ...] = N_OBJECTS_P,
     max_rotation: float = math.pi,
     patterns: bool = False,
+    colour_prior: float = 0.0,
     jpeg_quality: int = 92,
     workers: int | None = None,
     progress: bool = True,
@@ -342,7 +332,8 @@ def generate_toyworld(
     spec = WorldSpec(image_size, tuple(classes), tuple(backgrounds), tuple(sorted(cooccurrence.items())),
                      float(cooccurrence_rate), float(ignore_border), int(jpeg_quality), int(seed),
                      float(empty_fraction), tuple(float(v) for v in size_range),
-                     tuple(float(p) / sum(objects_p) for p in objects_p), float(max_rotation), bool(patterns))
+                     tuple(float(p) / sum(objects_p) for p in objects_p), float(max_rotation), bool(patterns),
+                     float(colour_prior))
     items = [(i, f"toy_{i:06d}", "train" if i < num_train else "val") for i in range(num_train + num_val)]
     workers = max(1, min(workers or os.cpu_count() or 1, 32))
     chunk = max(1, min(100, math.ceil(len(items) / (workers * 4))))
@@ -382,6 +373,7 @@ def generate_toyworld(
             "objects_p": list(spec.objects_p),
             "max_rotation": spec.max_rotation,
             "patterns": {c: CLASS_PATTERNS[c] for c in spec.classes} if spec.patterns else None,
+            "colour_prior": spec.colour_prior,
             "splits": {k: v for k, v in _stats(records, spec).items()},
             "seconds": round(time.perf_counter() - t0, 2),
             "workers": workers,
