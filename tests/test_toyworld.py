@@ -14,7 +14,7 @@ from PIL import Image
 from wsss.errors import ConfigError
 from wsss.toyworld import BACKGROUNDS, CLASSES, COOCCURRENCE, generate_toyworld
 from wsss.toyworld import generate as gen
-from wsss.toyworld.captions import Facts, image_keys, make_caption, read_facts
+from wsss.toyworld.captions import Claim, Facts, fit_matrix, make_caption, read_facts
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -97,6 +97,22 @@ def test_no_cooccurrence_and_empty_images(tmp_path):
         assert set(np.unique(np.array(Image.open(root / "SegmentationClass" / f"{p.stem}.png")))) == {0}
 
 
+def test_colour_prior_and_patterns(tmp_path):
+    """Objects usually wear their class's colour, never always: colour alone is not a class threshold."""
+    from wsss.toyworld.generate import CLASS_COLOURS
+
+    stats = generate_toyworld(tmp_path / "w", num_train=120, num_val=0, image_size=64, seed=2, workers=1,
+                              colour_prior=0.8, patterns=True, progress=False)
+    assert stats["patterns"] and set(stats["patterns"]) == set(CLASSES)
+    objects = [o for p in (tmp_path / "w" / "Annotations").glob("*.xml") for o in ET.parse(p).getroot().iter("object")]
+    usual = np.mean([o.findtext("color") == CLASS_COLOURS[o.findtext("name")] for o in objects])
+    assert 0.65 < usual < 0.95
+    stats = generate_toyworld(tmp_path / "u", num_train=120, num_val=0, image_size=64, seed=2, workers=1,
+                              colour_prior=0.0, progress=False)
+    objects = [o for p in (tmp_path / "u" / "Annotations").glob("*.xml") for o in ET.parse(p).getroot().iter("object")]
+    assert np.mean([o.findtext("color") == CLASS_COLOURS[o.findtext("name")] for o in objects]) < 0.3
+
+
 def test_failed_generation_keeps_previous_output(tmp_path, monkeypatch, world):
     root = tmp_path / "w"
     generate_toyworld(root, num_train=4, num_val=2, image_size=48, seed=0, workers=1, progress=False)
@@ -129,24 +145,29 @@ def test_captions_fit_their_image(world):
     rng = np.random.default_rng(0)
     facts = [read_facts(p)[0] for p in sorted((root / "Annotations").glob("*.xml"))]
     for f in facts:
-        keys = image_keys(f)
         for _ in range(10):
-            text, key, mask = make_caption(f, rng, p_background=0.5, p_colour=0.5)
-            assert keys[mask] == key
-            assert text.endswith(".")
-            for cls, _ in f.objects:
-                assert cls in text or (cls + "s") in text or cls.replace("cross", "crosses") in text
+            text, claim = make_caption(f, rng, p_background=0.5, p_colour=0.5, p_partial=0.5)
+            assert claim.fits(f) and text.endswith(".")
+            named = {c for c, _ in claim.counts}
+            assert named and named <= f.classes
+            for cls in named:
+                assert cls in text or cls.replace("cross", "crosses") in text
 
 
-def test_caption_keys_distinguish_facts():
+def test_claims_say_only_what_they_name():
     a = Facts((("circle", "red"),), "grass")
-    b = Facts((("circle", "blue"),), "water")
+    b = Facts((("circle", "blue"), ("star", "yellow")), "water")
     c = Facts((("circle", "red"), ("circle", "red")), "grass")
-    # "a circle." fits a and b; "a circle on grass." fits only a; "two circles" fits only c
-    assert a.key(False, False) == b.key(False, False)
-    assert a.key(False, True) != b.key(False, True)
-    assert a.key(False, False) != c.key(False, False)
     empty = Facts((), "grass")
-    assert empty.key(False, True) != a.key(False, True)
-    text, key, mask = make_caption(empty, np.random.default_rng(0))
-    assert "grass" in text and image_keys(empty)[mask] == key
+    a_circle = Claim((("circle", 1),), (), None)
+    a_circle_on_grass = Claim((("circle", 1),), (), "grass")
+    two_circles = Claim((("circle", 2),), (), None)
+    a_red_circle = Claim((("circle", 1),), (("circle", "red", 1),), None)
+    grass = Claim((), (), "grass")
+    claims = [a_circle, a_circle_on_grass, two_circles, a_red_circle, grass]
+    expected = [[1, 1, 0, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]
+    facts = [a, b, c, empty]
+    assert [[int(cl.fits(f)) for cl in claims] for f in facts] == expected
+    assert fit_matrix(facts, claims).int().tolist() == expected
+    text, claim = make_caption(empty, np.random.default_rng(0))
+    assert "grass" in text and claim == grass

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from wsss.clip.model import load_clip
-from wsss.clip.train_toy import crop_params, fit_targets, multi_positive_loss, train_toy_clip
+from wsss.clip.train_toy import (crop_params, image_tokens, mosaic, multi_positive_loss, tile_embeddings, tile_means,
+                                 train_toy_clip)
 from wsss.toyworld import generate_toyworld
-
-
-def test_fit_targets_mark_repeated_captions():
-    img_keys = [("a|*", "a:r|*", "a|g", "a:r|g"), ("a|*", "a:b|*", "a|w", "a:b|w"), ("b|*", "b:r|*", "b|g", "b:r|g")]
-    # captions: "a" (fits images 0 and 1), "a on water" (fits 1 only), "b" (fits 2)
-    fits = fit_targets(img_keys, ["a|*", "a|w", "b|*"], [0, 2, 0])
-    assert fits.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
 
 
 def test_multi_positive_loss_prefers_all_true_pairs():
@@ -27,6 +21,42 @@ def test_multi_positive_loss_prefers_all_true_pairs():
     assert tied < diagonal  # with repeated captions, separating the pair is not rewarded
     eye = torch.eye(2)
     assert multi_positive_loss(torch.tensor([[10.0, -10.0], [-10.0, 10.0]]), eye) < 1e-6
+
+
+def test_training_embedding_is_the_cam_scoring_path():
+    model, _ = load_clip("wsss-toy-vit", None)
+    size = model.visual.image_size[0]
+    x = torch.randn(4, 3, size, size)
+    tokens, values = image_tokens(model.visual, x)
+    alone = tile_embeddings(model.visual, tokens, 1)
+    torch.testing.assert_close(alone, model.encode_image(x), rtol=1e-4, atol=1e-5)
+    assert values.shape == tokens.shape
+    tiles = tile_embeddings(model.visual, image_tokens(model.visual, mosaic(x, 2))[0], 2)
+    assert tiles.shape == alone.shape and not torch.allclose(tiles, alone, atol=1e-3)
+
+
+def test_value_path_is_the_last_blocks_attention_read_out():
+    """With uniform attention (zero queries), the last block adds the mean of the value path to every token."""
+    model, _ = load_clip("wsss-toy-vit", None)
+    visual = model.visual
+    last = visual.transformer.resblocks[-1]
+    dim = last.attn.embed_dim
+    with torch.no_grad():
+        last.attn.in_proj_weight[:dim].zero_()
+        last.attn.in_proj_bias[:dim].zero_()
+    captured = {}
+    last.attn.register_forward_hook(lambda mod, inp, out: captured.setdefault("attn", out[0]))
+    _, values = image_tokens(visual, torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(captured["attn"], values.mean(1, keepdim=True).expand_as(values), rtol=1e-4, atol=1e-5)
+
+
+def test_mosaic_tiles_row_major():
+    x = torch.arange(4).float().view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    m = mosaic(x, 2)
+    assert m.shape == (1, 3, 4, 4)
+    assert m[0, 0].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+    tokens = torch.cat([torch.full((1, 1, 3), -9.0), m[:, :1].flatten(2).transpose(1, 2).expand(-1, -1, 3)], 1)
+    assert tile_means(tokens, 2)[:, 0].tolist() == [0, 1, 2, 3]  # class token left out, tiles in order
 
 
 def test_crops_keep_every_object():
@@ -42,7 +72,7 @@ def test_crops_keep_every_object():
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus") / "world"
-    generate_toyworld(root, num_train=48, num_val=16, image_size=96, seed=5, empty_fraction=0.1, workers=1,
+    generate_toyworld(root, num_train=48, num_val=16, image_size=64, seed=5, empty_fraction=0.1, workers=1,
                       progress=False)
     return root
 
@@ -60,13 +90,13 @@ def test_short_training_run(tmp_path, tiny_corpus):
     assert sidecar["model"] == "wsss-toy-vit" and sidecar["params"]["batch_size"] == 16
     assert sidecar["metrics"]["steps"] == 24 and sidecar["history"]
     model, _ = load_clip("wsss-toy-vit", str(out))
-    assert model.encode_image(torch.zeros(1, 3, 96, 96)).shape == (1, model.visual.output_dim)
+    assert model.encode_image(torch.zeros(1, 3, 64, 64)).shape == (1, model.visual.output_dim)
     assert sorted(p.name for p in out.parent.iterdir()) == ["toy.json", "toy.pt"]  # nothing half-written left
 
 
 def test_generates_the_corpus_when_missing(tmp_path, monkeypatch):
     from wsss.clip import train_toy
 
-    monkeypatch.setattr(train_toy, "CORPUS", dict(num_train=20, num_val=0, image_size=96, seed=1, empty_fraction=0.1))
+    monkeypatch.setattr(train_toy, "CORPUS", dict(num_train=20, num_val=0, image_size=64, seed=1, empty_fraction=0.1))
     metrics = train_toy_clip(tmp_path / "corpus", tmp_path / "m.pt", batch_size=8, max_steps=2, progress=False)
     assert (tmp_path / "corpus" / "classes.txt").exists() and metrics["steps"] == 2

@@ -73,7 +73,7 @@ def validate(path: Path = typer.Argument(..., help="Dataset root (a drop) to val
 @app.command()
 def toyworld(out: Path = typer.Argument(Path("data/raw/toyworld"), help="Output dataset root."),
              num_train: int = typer.Option(1000), num_val: int = typer.Option(300),
-             image_size: int = typer.Option(96), seed: int = typer.Option(0)):
+             image_size: int = typer.Option(64), seed: int = typer.Option(0)):
     """Generate the embedded toy world (VOC format) deterministically from a seed."""
     from wsss.io import atomic_dir
     from wsss.toyworld import generate_toyworld
@@ -87,10 +87,10 @@ def toyworld(out: Path = typer.Argument(Path("data/raw/toyworld"), help="Output 
 def train_toy_clip_cmd(data_root: Path = typer.Option(Path("data/raw/toyclip-corpus"),
                                                       help="Toy-world corpus (generated there if absent)."),
                        out: Path = typer.Option(Path("assets/toyclip/wsss-toy-vit.pt"), help="fp16 checkpoint."),
-                       epochs: float = typer.Option(2.0), batch_size: int = typer.Option(128),
+                       epochs: float = typer.Option(8.0), batch_size: int = typer.Option(64),
                        lr: float = typer.Option(1e-3), seed: int = typer.Option(0),
                        max_steps: Optional[int] = typer.Option(None, help="Stop early (smoke runs)."),
-                       threads: int = typer.Option(1, help="torch CPU threads.")):
+                       threads: int = typer.Option(2, help="torch CPU threads.")):
     """Train the toy world's small CLIP contrastively on its captions (CPU, minutes) and save it."""
     from wsss.clip.train_toy import train_toy_clip
 

@@ -96,7 +96,9 @@ def _as_state_dict_file(pretrained: str | None):
         return
     import tempfile
 
-    state = torch.jit.load(pretrained, map_location="cpu").state_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the only reader
+        state = torch.jit.load(pretrained, map_location="cpu").state_dict()
     for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):  # not weights
         state.pop(key, None)
     with tempfile.TemporaryDirectory(prefix="wsss-clip-") as tmp:

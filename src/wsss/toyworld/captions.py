@@ -1,12 +1,15 @@
 """Captions of toy-world images, generated from their VOC annotations, and which captions fit which image.
 
-A caption always lists every object (with counts: "two circles"), sometimes with colour words and
-sometimes naming the background ("... on the grass"); a background-only image gets a caption that names
-only its background. Because captions are generated from few facts, a batch often holds several captions
-that are equally true of several images (two images of "a circle" on different backgrounds). The
-contrastive loss must not call those negatives, so every caption carries a key of the facts it asserts:
-caption j fits image i exactly when image i's facts, restricted to what caption j mentions, give the
-same key.
+A caption names some or all of the image's objects (with counts: "two circles"), sometimes with colour
+words and sometimes the background ("... on the grass"), in varied templates; a background-only image
+gets a caption that names its background. Like a web caption, a caption claims what it names and says
+nothing about the rest: "a photo of a triangle." is true of every image that holds a triangle. That is
+exactly what zero-shot multi-label recognition and the per-class CAM ask of the text embedding of a
+single class prompt.
+
+Captions repeat within a batch and are true of several images at once (two images with a circle, or
+"a photo of grass." and any image on grass), so the contrastive loss must not call those pairs
+negatives: every caption carries its `Claim`, and `fit_matrix` says which claims each image satisfies.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from wsss.errors import DataError
 
@@ -35,9 +39,8 @@ OBJECT_TEMPLATES = ("a photo of {o}.", "{o}.", "a picture of {o}.", "an image of
                     "a photo of {o}.")
 SCENE_TEMPLATES = ("a photo of {o} on {b}.", "{o} on {b}.", "{o} in front of {b}.", "a picture of {o} and {b}.",
                    "{b} with {o}.", "a photo of {o} and {b}.")
-EMPTY_TEMPLATES = ("a photo of {b}.", "{b}.", "a picture of {b}.", "a photo of a {b}.", "just {b}.")
-# the fields a caption can leave unsaid
-MASKS = ((False, False), (True, False), (False, True), (True, True))  # (mentions colours, mentions background)
+# background-only captions; "a photo of a {}." is how CAM scoring phrases background words
+BACKGROUND_TEMPLATES = ("a photo of {b}.", "{b}.", "a picture of {b}.", "a photo of a {w}.", "just {b}.")
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,25 @@ class Facts:
     background: str
 
     @property
-    def class_counts(self) -> tuple[tuple[str, int], ...]:
-        return tuple(sorted(Counter(c for c, _ in self.objects).items()))
+    def classes(self) -> set[str]:
+        return {c for c, _ in self.objects}
 
-    def key(self, colours: bool, background: bool) -> str:
-        """Canonical form of the facts a caption with these mentions asserts."""
-        objs = ",".join(f"{c}:{k}" for c, k in self.objects) if colours else \
-            ",".join(f"{c}x{n}" for c, n in self.class_counts)
-        return f"{objs}|{self.background if background or not self.objects else '*'}"
+
+@dataclass(frozen=True)
+class Claim:
+    """What a caption asserts: at least these many objects of these classes (and colours), on this
+    background (None: the caption does not say)."""
+
+    counts: tuple[tuple[str, int], ...]  # (class, at least n)
+    coloured: tuple[tuple[str, str, int], ...]  # (class, colour, at least n); empty if no colour words
+    background: str | None
+
+    def fits(self, facts: Facts) -> bool:
+        have = Counter(c for c, _ in facts.objects)
+        have_coloured = Counter(facts.objects)
+        return (all(have[c] >= n for c, n in self.counts)
+                and all(have_coloured[(c, col)] >= n for c, col, n in self.coloured)
+                and (self.background is None or self.background == facts.background))
 
 
 def read_facts(xml_path: str | Path) -> tuple[Facts, list[tuple[int, int, int, int]]]:
@@ -88,35 +102,69 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def object_phrase(facts: Facts, rng: np.random.Generator, colours: bool) -> str:
-    if colours:
-        groups = Counter(facts.objects)
-        parts = [f"{_article(col) if n == 1 else NUMBERS[n]} {col} {cls if n == 1 else _plural(cls)}"
-                 for (cls, col), n in groups.items()]
-    else:
-        parts = [f"{_article(cls)} {cls}" if n == 1 else f"{NUMBERS.get(n, str(n))} {_plural(cls)}"
-                 for cls, n in facts.class_counts]
-    order = rng.permutation(len(parts))
-    return _join([parts[i] for i in order])
+def _phrase(cls: str, n: int, colour: str | None = None) -> str:
+    words = f"{colour} " if colour else ""
+    if n == 1:
+        return f"{_article(words or cls)} {words}{cls}"
+    return f"{NUMBERS.get(n, str(n))} {words}{_plural(cls)}"
 
 
-def make_caption(facts: Facts, rng: np.random.Generator, p_background: float = 0.4,
-                 p_colour: float = 0.3) -> tuple[str, str, int]:
-    """One random caption of an image: (text, key of what it asserts, index into MASKS)."""
-    bg = BACKGROUND_PHRASES.get(facts.background, (facts.background,))
-    bg_phrase = bg[int(rng.integers(len(bg)))]
+def make_caption(facts: Facts, rng: np.random.Generator, p_background: float = 0.4, p_colour: float = 0.3,
+                 p_partial: float = 0.5) -> tuple[str, Claim]:
+    """One random caption of an image and its claim.
+
+    With probability `p_partial` the caption names a random non-empty subset of the objects, else all of
+    them; colour words with probability `p_colour`, the background with `p_background` (always for an
+    image without objects).
+    """
+    bg_variants = BACKGROUND_PHRASES.get(facts.background, (facts.background,))
+    bg_phrase = bg_variants[int(rng.integers(len(bg_variants)))]
     if not facts.objects:
-        template = EMPTY_TEMPLATES[int(rng.integers(len(EMPTY_TEMPLATES)))]
-        text = template.format(b=facts.background if "a {b}" in template else bg_phrase)
-        return text, facts.key(False, True), MASKS.index((False, True))
-    colours = bool(rng.random() < p_colour) and all(col for _, col in facts.objects)
+        template = BACKGROUND_TEMPLATES[int(rng.integers(len(BACKGROUND_TEMPLATES)))]
+        return template.format(b=bg_phrase, w=facts.background), Claim((), (), facts.background)
+    objects = list(facts.objects)
+    if len(objects) > 1 and rng.random() < p_partial:
+        keep = rng.permutation(len(objects))[: int(rng.integers(1, len(objects)))]
+        objects = [objects[i] for i in sorted(keep)]
+    colours = bool(rng.random() < p_colour) and all(col for _, col in objects)
     with_bg = bool(rng.random() < p_background)
-    objs = object_phrase(facts, rng, colours)
+    counts = Counter(c for c, _ in objects)
+    coloured = Counter(objects) if colours else Counter()
+    if colours:
+        parts = [_phrase(c, n, col) for (c, col), n in coloured.items()]
+    else:
+        parts = [_phrase(c, n) for c, n in counts.items()]
+    parts = [parts[i] for i in rng.permutation(len(parts))]
     templates = SCENE_TEMPLATES if with_bg else OBJECT_TEMPLATES
-    text = templates[int(rng.integers(len(templates)))].format(o=objs, b=bg_phrase)
-    return text, facts.key(colours, with_bg), MASKS.index((colours, with_bg))
+    text = templates[int(rng.integers(len(templates)))].format(o=_join(parts), b=bg_phrase)
+    claim = Claim(tuple(sorted(counts.items())), tuple(sorted((c, col, n) for (c, col), n in coloured.items())),
+                  facts.background if with_bg else None)
+    return text, claim
 
 
-def image_keys(facts: Facts) -> tuple[str, ...]:
-    """The image's key under every mention mask (MASKS order)."""
-    return tuple(facts.key(c, b) for c, b in MASKS)
+def fit_matrix(facts: list[Facts], claims: list[Claim]) -> torch.Tensor:
+    """[images, captions] float matrix: 1 where the caption's claim is true of the image (vectorised)."""
+    index: dict = {}
+    n_img, n_cap = len(facts), len(claims)
+
+    def col(key) -> int:
+        return index.setdefault(key, len(index))
+
+    img_entries = [[(col(("c", c)), n) for c, n in Counter(c for c, _ in f.objects).items()]
+                   + [(col(("cc", c, k)), n) for (c, k), n in Counter(f.objects).items()] for f in facts]
+    cap_entries = [[(col(("c", c)), n) for c, n in cl.counts] + [(col(("cc", c, k)), n) for c, k, n in cl.coloured]
+                   for cl in claims]
+    have = torch.zeros(n_img, max(len(index), 1))
+    need = torch.zeros(n_cap, max(len(index), 1))
+    for i, entries in enumerate(img_entries):
+        for j, n in entries:
+            have[i, j] = n
+    for i, entries in enumerate(cap_entries):
+        for j, n in entries:
+            need[i, j] = n
+    bgs: dict[str, int] = {}
+    img_bg = torch.tensor([bgs.setdefault(f.background, len(bgs)) for f in facts])
+    cap_bg = torch.tensor([-1 if cl.background is None else bgs.setdefault(cl.background, len(bgs)) for cl in claims])
+    ok = (have[:, None, :] >= need[None, :, :]).all(-1)
+    ok &= (cap_bg[None, :] < 0) | (img_bg[:, None] == cap_bg[None, :])
+    return ok.float()

@@ -96,7 +96,7 @@ class WorldSpec:
     jpeg_quality: int
     seed: int
     empty_fraction: float = 0.0
-    size_range: tuple[float, float] = (0.13, 0.3)  # object radius as a fraction of the image side
+    size_range: tuple[float, float] = (0.16, 0.32)  # object radius as a fraction of the image side
     objects_p: tuple[float, ...] = N_OBJECTS_P  # probability of 1, 2, 3 ... objects
     max_rotation: float = math.pi  # objects turn by at most this many radians either way
     patterns: bool = False  # each class carries its own surface pattern (CLASS_PATTERNS)
@@ -286,7 +286,7 @@ def generate_toyworld(
     *,
     num_train: int = 3000,
     num_val: int = 600,
-    image_size: int = 96,
+    image_size: int = 64,
     seed: int = 0,
     classes: tuple[str, ...] = CLASSES,
     backgrounds: tuple[str, ...] = BACKGROUNDS,
@@ -294,11 +294,11 @@ def generate_toyworld(
     cooccurrence_rate: float = 0.88,
     ignore_border: float = 1.0,
     empty_fraction: float = 0.0,
-    size_range: tuple[float, float] = (0.13, 0.3),
+    size_range: tuple[float, float] = (0.16, 0.32),
     objects_p: tuple[float, ...] = N_OBJECTS_P,
     max_rotation: float = math.pi,
-    patterns: bool = False,
-    colour_prior: float = 0.0,
+    patterns: bool = True,
+    colour_prior: float = 0.9,
     jpeg_quality: int = 92,
     workers: int | None = None,
     progress: bool = True,
