@@ -36,8 +36,8 @@ def square(x, y):
 
 
 def triangle(x, y, scale: float = 1.2):
-    """Equilateral triangle with circumradius `scale`: 1.2 gives it about the area of the square and the
-    circle (at circumradius 1 it has 60 % of the circle's area and is the hardest class to see at 64 px)."""
+    """Equilateral triangle with circumradius `scale`: 1.2 gives it about the square's area (at 1 it has
+    60 % of the circle's, too few 8×8 patches at 64 px)."""
     return _unit_triangle(x / scale, y / scale) * scale
 
 
