@@ -19,6 +19,7 @@ Prints Markdown tables and writes the numbers as JSON (--out).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import sys
@@ -40,7 +41,20 @@ from wsss.clip.model import load_clip  # noqa: E402
 from wsss.clip.text import encode_class_texts  # noqa: E402
 from wsss.metrics.confusion import ConfusionMatrix  # noqa: E402
 from wsss.toyworld import generate_toyworld  # noqa: E402
+from wsss.toyworld.generate import GENERATOR_VERSION  # noqa: E402
 from wsss.toyworld.captions import read_facts  # noqa: E402
+
+
+DEFAULT_ROOT = str(REPO / "data" / "raw" / "toyworld-bench")
+
+
+def stale(root: Path, seed: int) -> bool:
+    """Whether the benchmark's own world was drawn by another generator version or other defaults."""
+    stats = json.loads((root / "stats.json").read_text())
+    defaults = {k: p.default for k, p in inspect.signature(generate_toyworld).parameters.items()}
+    want = {"generator": f"wsss.toyworld/{GENERATOR_VERSION}", "seed": seed, "image_size": defaults["image_size"],
+            "size_range": list(defaults["size_range"]), "colour_prior": defaults["colour_prior"]}
+    return any(stats.get(k) != v for k, v in want.items())
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -110,8 +124,8 @@ def segmentation(engine: CamEngine, root: Path, ids: list[str], classes: list[st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=str(REPO / "data" / "raw" / "toyworld-bench"),
-                    help="toy world to evaluate (generated with the defaults when missing)")
+    ap.add_argument("--root", default=DEFAULT_ROOT,
+                    help="toy world to evaluate (the default one is regenerated when missing or stale)")
     ap.add_argument("--seed", type=int, default=0, help="seed when generating --root")
     ap.add_argument("--split", default="val")
     ap.add_argument("--images", type=int, default=None, help="at most this many images (default: the split)")
@@ -134,7 +148,7 @@ def main() -> None:
             report["generation"] = {"images": args.generation, "seconds": round(time.perf_counter() - t0, 2),
                                     "workers": stats["workers"]}
     root = Path(args.root)
-    if not (root / "classes.txt").exists():
+    if not (root / "classes.txt").exists() or (args.root == DEFAULT_ROOT and stale(root, args.seed)):
         generate_toyworld(root, seed=args.seed, progress=False)
     classes = (root / "classes.txt").read_text().split()
     backgrounds = (root / "backgrounds.txt").read_text().split()

@@ -65,6 +65,9 @@ CLASS_COLOURS: dict[str, str] = {
     "ring": "orange", "heart": "pink", "moon": "white", "arrow": "black",
 }
 
+# bumped whenever the same parameters draw different images (recorded in stats.json)
+GENERATOR_VERSION = 2
+
 N_OBJECTS_P = (0.45, 0.35, 0.2)  # probability of 1, 2, 3 objects
 REPEAT_P = 0.15  # chance that a further object repeats a class already in the image ("two circles")
 
@@ -360,7 +363,7 @@ def generate_toyworld(
         write_text(tmp / "classes.txt", "".join(f"{c}\n" for c in spec.classes))
         write_text(tmp / "backgrounds.txt", "".join(f"{b}\n" for b in spec.backgrounds))
         stats = {
-            "generator": "wsss.toyworld",
+            "generator": f"wsss.toyworld/{GENERATOR_VERSION}",
             "seed": spec.seed,
             "image_size": spec.image_size,
             "classes": list(spec.classes),
