@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO / "src"))
 from wsss.cam.engine import CamConfig, CamEngine  # noqa: E402
 from wsss.clip.dense import preprocess  # noqa: E402
 from wsss.clip.model import load_clip  # noqa: E402
+from wsss.clip.train_toy import average_precision  # noqa: E402
 from wsss.clip.text import encode_class_texts  # noqa: E402
 from wsss.metrics.confusion import ConfusionMatrix  # noqa: E402
 from wsss.toyworld import generate_toyworld  # noqa: E402
@@ -55,13 +56,6 @@ def stale(root: Path, seed: int) -> bool:
     want = {"generator": f"wsss.toyworld/{GENERATOR_VERSION}", "seed": seed, "image_size": defaults["image_size"],
             "size_range": list(defaults["size_range"]), "colour_prior": defaults["colour_prior"]}
     return any(stats.get(k) != v for k, v in want.items())
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    order = np.argsort(-scores, kind="stable")
-    hits = labels[order].astype(np.float64)
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision * hits).sum() / max(hits.sum(), 1))
 
 
 def load_split(root: Path, split: str, limit: int | None):

@@ -11,7 +11,7 @@ N×N matrices are never alive at once.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +81,22 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_
     if fp16_quirk:
         pos_embed = pos_embed.half().to(pos_embed.dtype)
     return pos_embed
+
+
+def embed_tokens(visual: nn.Module, pixels: torch.Tensor,
+                 pos_embed: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """[B, 3, H', W'] → tokens [B, 1 + h·w, D]: patch embedding, CLS, `pos_embed(h, w)`, ln_pre.
+
+    The positional embedding comes from the caller: cached and frozen for CAMs (`DenseViT`), live and
+    trainable when the toy CLIP trains on mosaics (`wsss.clip.train_toy`)."""
+    x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
+    bsz, dim, h, w = x.shape
+    x = x.reshape(bsz, dim, h * w).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, dim).expand(bsz, -1, -1)
+    x = torch.cat([cls, x], dim=1)
+    x = x + pos_embed(h, w).to(x.dtype)
+    x = visual.patch_dropout(x)
+    return visual.ln_pre(x)
 
 
 def accumulate_attention(attn: nn.MultiheadAttention, z: torch.Tensor, out: torch.Tensor, weight: float = 1.0,
@@ -165,15 +181,7 @@ class DenseViT:
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, H', W'] → tokens [B, 1 + h·w, D] (patch embedding, CLS, positional embedding, ln_pre)."""
-        v = self.visual
-        x = v.conv1(pixels.to(v.conv1.weight.dtype))
-        bsz, dim, h, w = x.shape
-        x = x.reshape(bsz, dim, h * w).permute(0, 2, 1)
-        cls = v.class_embedding.to(x.dtype).view(1, 1, dim).expand(bsz, -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        x = x + self.pos_embed(h, w).to(x.dtype)
-        x = v.patch_dropout(x)
-        return v.ln_pre(x)
+        return embed_tokens(self.visual, pixels, self.pos_embed)
 
     # ---- block halves -----------------------------------------------------------------------------------
     def attention_half(self, block: nn.Module, x: torch.Tensor, z: torch.Tensor | None = None,

@@ -148,14 +148,11 @@ def multi_positive_loss(logits: torch.Tensor, fits: torch.Tensor) -> torch.Tenso
 def image_tokens(visual, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ln_post'ed tokens [B, 1 + h·w, D], class token first; the last block's per-token value path
     W_o·W_v·ln_1(x) [B, 1 + h·w, D]) for any input size (positional embedding interpolated, with grad)."""
-    from wsss.clip.dense import interpolate_pos_embed
+    from wsss.clip.dense import embed_tokens, interpolate_pos_embed
 
-    z = visual.conv1(x)
-    bsz, dim, h, w = z.shape
-    z = z.reshape(bsz, dim, h * w).permute(0, 2, 1)
-    z = torch.cat([visual.class_embedding.to(z.dtype).view(1, 1, dim).expand(bsz, -1, -1), z], dim=1)
-    z = z + interpolate_pos_embed(visual.positional_embedding, visual.grid_size, (h, w)).to(z.dtype)
-    z = visual.ln_pre(z)
+    z = embed_tokens(visual, x, lambda h, w: interpolate_pos_embed(visual.positional_embedding, visual.grid_size,
+                                                                    (h, w)))
+    dim = z.shape[-1]
     if not visual.transformer.batch_first:
         raise ConfigError("train-toy-clip needs a batch-first open_clip transformer")
     *trunk, last = visual.transformer.resblocks

@@ -65,11 +65,7 @@ class Claim:
     background: str | None
 
     def fits(self, facts: Facts) -> bool:
-        have = Counter(c for c, _ in facts.objects)
-        have_coloured = Counter(facts.objects)
-        return (all(have[c] >= n for c, n in self.counts)
-                and all(have_coloured[(c, col)] >= n for c, col, n in self.coloured)
-                and (self.background is None or self.background == facts.background))
+        return bool(fit_matrix([facts], [self])[0, 0])
 
 
 def read_facts(xml_path: str | Path) -> tuple[Facts, list[tuple[int, int, int, int]]]:

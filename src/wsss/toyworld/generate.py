@@ -98,12 +98,12 @@ class WorldSpec:
     ignore_border: float
     jpeg_quality: int
     seed: int
-    empty_fraction: float = 0.0
-    size_range: tuple[float, float] = (0.16, 0.32)  # object radius as a fraction of the image side
-    objects_p: tuple[float, ...] = N_OBJECTS_P  # probability of 1, 2, 3 ... objects
-    max_rotation: float = math.pi  # objects turn by at most this many radians either way
-    patterns: bool = False  # each class carries its own surface pattern (CLASS_PATTERNS)
-    colour_prior: float = 0.0  # probability that an object has its class's usual colour (CLASS_COLOURS)
+    empty_fraction: float  # share of background-only images
+    size_range: tuple[float, float]  # object radius as a fraction of the image side
+    objects_p: tuple[float, ...]  # probability of 1, 2, 3 ... objects
+    max_rotation: float  # objects turn by at most this many radians either way
+    patterns: bool  # each class carries its own surface pattern (CLASS_PATTERNS)
+    colour_prior: float  # probability that an object has its class's usual colour (CLASS_COLOURS)
 
 
 def sample_scene(rng: np.random.Generator, spec: WorldSpec) -> Scene:
