@@ -18,8 +18,9 @@ from wsss.clip.model import load_clip
 from wsss.clip.text import encode_class_texts
 from wsss.toyworld import generate_toyworld
 
-# floors with margin under what the shipped checkpoint measures on this sample (94.6 % mAP, 56.5 % mIoU)
-MAP_FLOOR, MIOU_FLOOR = 85.0, 45.0
+# floors with margin under what the shipped checkpoint measures on this sample: 94.8 % mAP, GradCAM
+# 45.0 % mIoU (planted classes 35.3 % vs 42.4 %), CAA-refined 53.1 % (+8.1 points)
+MAP_FLOOR, MIOU_FLOOR, CAA_GAIN_FLOOR = 85.0, 40.0, 3.0
 CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "toyclip" / "wsss-toy-vit.pt"
 
 
@@ -34,8 +35,8 @@ def measured(tmp_path_factory):
     bg_text = encode_class_texts(model, tokenizer, backgrounds, ["a photo of a {}."])
     ids = load_split(root, "val", None)
     rec = recognition(model, class_text, root, ids, classes)
-    engine = CamEngine(model, class_text, bg_text, CamConfig(refine=False), "cpu")
-    seg = segmentation(engine, root, ids, classes, [1.0], caa=False)["cam_alpha1"]
+    engine = CamEngine(model, class_text, bg_text, CamConfig(), "cpu")
+    seg = segmentation(engine, root, ids, classes, [1.0], caa=True)
     planted = json.loads((root / "stats.json").read_text())["cooccurrence"]
     return rec, seg, planted, classes
 
@@ -46,8 +47,15 @@ def test_zero_shot_recognition(measured):
 
 
 def test_gradcam_localises_and_planted_classes_leak(measured):
-    _, seg, planted, classes = measured
+    _, segs, planted, classes = measured
+    seg = segs["cam_alpha1"]
     assert seg["miou"] >= MIOU_FLOOR, seg
     planted_iou = np.mean([seg["iou"][c] for c in planted])
     other_iou = np.mean([seg["iou"][c] for c in classes if c not in planted])
     assert planted_iou < other_iou - 5, (planted_iou, other_iou)
+
+
+def test_caa_refinement_beats_raw_cam(measured):
+    _, segs, *_ = measured
+    cam, refined = segs["cam_alpha1"]["miou"], segs["refined_alpha1"]["miou"]
+    assert refined >= cam + CAA_GAIN_FLOOR, (cam, refined)

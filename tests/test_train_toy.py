@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from wsss.clip.model import load_clip
-from wsss.clip.train_toy import (crop_params, image_tokens, mosaic, multi_positive_loss, tile_embeddings, tile_means,
-                                 train_toy_clip)
+from wsss.clip.dense import DenseViT, accumulate_attention
+from wsss.clip.train_toy import (affinity_loss, crop_params, image_tokens, mosaic, multi_positive_loss, paste,
+                                 paste_consistency, tile_embeddings, tile_means, train_toy_clip)
 from wsss.toyworld import generate_toyworld
 
 
@@ -27,7 +28,8 @@ def test_training_embedding_is_the_cam_scoring_path():
     model, _ = load_clip("wsss-toy-vit", None)
     size = model.visual.image_size[0]
     x = torch.randn(4, 3, size, size)
-    tokens, values = image_tokens(model.visual, x)
+    tokens, values, attn = image_tokens(model.visual, x)
+    assert attn is None
     alone = tile_embeddings(model.visual, tokens, 1)
     torch.testing.assert_close(alone, model.encode_image(x), rtol=1e-4, atol=1e-5)
     assert values.shape == tokens.shape
@@ -46,8 +48,52 @@ def test_value_path_is_the_last_blocks_attention_read_out():
         last.attn.in_proj_bias[:dim].zero_()
     captured = {}
     last.attn.register_forward_hook(lambda mod, inp, out: captured.setdefault("attn", out[0]))
-    _, values = image_tokens(visual, torch.randn(2, 3, 64, 64))
+    _, values, _ = image_tokens(visual, torch.randn(2, 3, 64, 64))
     torch.testing.assert_close(captured["attn"], values.mean(1, keepdim=True).expand_as(values), rtol=1e-4, atol=1e-5)
+
+
+def test_trained_attention_is_the_matrix_caa_reads():
+    """image_tokens' averaged attention = the CAM engine's buffer (sum over blocks) / depth, at any grid."""
+    model, _ = load_clip("wsss-toy-vit", None)
+    model.requires_grad_(True)  # as in training (load_clip freezes)
+    x = torch.randn(3, 3, 128, 96)  # 16×12 grid: the positional embedding is interpolated
+    tokens, _, attn = image_tokens(model.visual, x, attn_images=2)
+    dense = DenseViT(model.visual, attn_layers=len(model.visual.transformer.resblocks))
+    buf = torch.zeros(2, 16 * 12, 16 * 12)
+    with torch.no_grad():  # the engine: blocks 1..L-1 in the trunk, the last one beside the GradCAM pass
+        z = dense.trunk(x[:2], attn_out=buf)
+        accumulate_attention(dense.last.attn, dense.last.ln_1(z), buf)
+    torch.testing.assert_close(attn, buf / dense.attn_layers, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 16 * 12), atol=0.05, rtol=0)  # CLS takes the rest
+    assert attn.requires_grad  # the loss reaches the q/k weights
+
+
+def test_affinity_loss_is_zero_at_its_target_and_prefers_grouping():
+    # two groups of patch tokens: 0-1 alike, 2-3 alike
+    f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    tokens = torch.cat([torch.zeros(1, 2), f])[None]
+    sim = torch.nn.functional.normalize(f, dim=-1)
+    target = torch.softmax(sim @ sim.T / 0.1, -1)[None]
+    assert affinity_loss(target * 0.9, tokens) < 1e-6  # rows are renormalised (the CLS share dropped)
+    grouped = torch.tensor([[.5, .5, 0, 0], [.5, .5, 0, 0], [0, 0, .5, .5], [0, 0, .5, .5]])[None] + 1e-3
+    uniform = torch.full((1, 4, 4), 0.25)
+    assert affinity_loss(grouped, tokens) < affinity_loss(uniform, tokens)
+
+
+def test_paste_and_its_consistency_target():
+    rng = np.random.default_rng(0)
+    x, src = torch.zeros(3, 3, 64, 64), torch.ones(3, 3, 64, 64)
+    pasted, where = paste(x, src, 8, rng)
+    assert where.shape == (3, 64)
+    for i in range(3):
+        got = pasted[i, 0].reshape(8, 8, 8, 8).mean((1, 3)).flatten()  # per patch: 1 where pasted
+        assert torch.equal(got.bool(), where[i]) and 4 <= int(where[i].sum()) <= 25
+    # tokens of the pasted image that equal their clean sources' score 0; anything else scores more
+    clean = torch.randn(6, 65, 5)
+    target = torch.where(where[..., None], clean[3:, 1:], clean[:3, 1:])
+    exact = torch.cat([torch.randn(3, 1, 5), target], 1)
+    assert paste_consistency(clean, exact, where) < 1e-6
+    assert paste_consistency(clean, torch.cat([exact[:, :1], clean[:3, 1:]], 1), where) > 0.1
 
 
 def test_mosaic_tiles_row_major():

@@ -87,7 +87,7 @@ def toyworld(out: Path = typer.Argument(Path("data/raw/toyworld"), help="Output 
 def train_toy_clip_cmd(data_root: Path = typer.Option(Path("data/raw/toyclip-corpus"),
                                                       help="Toy-world corpus (generated there if absent)."),
                        out: Path = typer.Option(Path("assets/toyclip/wsss-toy-vit.pt"), help="fp16 checkpoint."),
-                       epochs: float = typer.Option(8.0), batch_size: int = typer.Option(64),
+                       epochs: float = typer.Option(7.5), batch_size: int = typer.Option(64),
                        lr: float = typer.Option(1e-3), seed: int = typer.Option(0),
                        max_steps: Optional[int] = typer.Option(None, help="Stop early (smoke runs)."),
                        threads: int = typer.Option(2, help="torch CPU threads.")):
