@@ -146,3 +146,12 @@ def test_generates_the_corpus_when_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(train_toy, "CORPUS", dict(num_train=20, num_val=0, image_size=64, seed=1, empty_fraction=0.1))
     metrics = train_toy_clip(tmp_path / "corpus", tmp_path / "m.pt", batch_size=8, max_steps=2, progress=False)
     assert (tmp_path / "corpus" / "classes.txt").exists() and metrics["steps"] == 2
+
+
+@pytest.mark.parametrize("bad", [dict(batch_size=1), dict(paste_fraction=0.6)])
+def test_bad_settings_fail_before_any_work(tmp_path, bad):
+    from wsss.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        train_toy_clip(tmp_path / "corpus", tmp_path / "m.pt", progress=False, **bad)
+    assert not (tmp_path / "corpus").exists()  # no corpus generated for a run that cannot start

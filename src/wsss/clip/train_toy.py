@@ -344,13 +344,15 @@ def train_toy_clip(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     data_root, out_path = Path(data_root), Path(out_path)
+    if batch_size < 2:
+        raise ConfigError(f"train-toy-clip: batch_size must be at least 2, got {batch_size}")
+    if not 0 <= paste_fraction <= 0.5:  # the pasted images and their sources are two disjoint parts of a batch
+        raise ConfigError(f"train-toy-clip: paste_fraction must be in [0, 0.5], got {paste_fraction}")
     if not (data_root / "Annotations").is_dir():
         from wsss.toyworld import generate_toyworld
 
         log.info("no toy world at %s: generating the CLIP corpus %s", data_root, CORPUS)
         generate_toyworld(data_root, **CORPUS, progress=progress)
-    if batch_size < 2:
-        raise ConfigError(f"train-toy-clip: batch_size must be at least 2, got {batch_size}")
     register_configs()
     images, facts, boxes, _ = load_corpus(data_root, split, max_images)
     cfg = clip_config(model_name)
