@@ -392,9 +392,9 @@ def train_toy_clip(
         if m:
             pasted, where = paste(x[:m], x[m:2 * m], model.visual.patch_size[0], rng)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            a_imgs = (affinity_images // (k * k) or 1) if affinity_weight > 0 else 0
-            z, values, attn = image_tokens(model.visual, torch.cat([x, pasted]) if m else (mosaic(x, k) if k > 1 else x),
-                                           a_imgs)
+            inputs = torch.cat([x, pasted]) if m else (mosaic(x, k) if k > 1 else x)
+            a_imgs = (affinity_images // (k * k) or 1) if affinity_weight > 0 else 0  # clean images or mosaics
+            z, values, attn = image_tokens(model.visual, inputs, a_imgs)
             if m:
                 z, values, z_pasted = z[:len(idx)], values[:len(idx)], z[len(idx):]
             img = tile_embeddings(model.visual, z, k)
