@@ -173,12 +173,13 @@ def image_tokens(visual, x: torch.Tensor, attn_images: int = 0
         raise ConfigError("train-toy-clip needs a batch-first open_clip transformer")
     *trunk, last = visual.transformer.resblocks
     attn = z.new_zeros(attn_images, n, n, dtype=torch.float32) if attn_images else None
+    per_block = 1 / (len(trunk) + 1)  # accumulated over every block: their mean
     for block in trunk:
         if attn is not None:
-            attn = accumulate_attention(block.attn, block.ln_1(z[:attn_images]), attn, 1 / (len(trunk) + 1))
+            attn = accumulate_attention(block.attn, block.ln_1(z[:attn_images]), attn, per_block)
         z = block(z)
     if attn is not None:
-        attn = accumulate_attention(last.attn, last.ln_1(z[:attn_images]), attn, 1 / (len(trunk) + 1))
+        attn = accumulate_attention(last.attn, last.ln_1(z[:attn_images]), attn, per_block)
     a = last.attn
     values = F.linear(F.linear(last.ln_1(z), a.in_proj_weight[2 * dim:], a.in_proj_bias[2 * dim:]),
                       a.out_proj.weight, a.out_proj.bias)
