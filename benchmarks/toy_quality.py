@@ -11,8 +11,9 @@ Measures, on the val split of a toy world (generated with the default parameters
     every absent class;
 (b) plain softmax-GradCAM (`wsss.cam.engine.CamEngine`, no refinement unless --caa), present classes from
     the labels, background = (1 − max_k CAM_k)^α, argmax → label map; mIoU over background + classes from
-    `wsss.metrics.confusion.ConfusionMatrix` (255 ignored), per-class IoU, and the mean IoU of the classes
-    planted on a home background (stats.json) against the others.
+    `wsss.metrics.confusion.ConfusionMatrix` (255 ignored), per-class IoU, the mean IoU of the classes
+    planted on a home background (stats.json) against the others, and the leak itself: the planted
+    classes' IoU on images where they sit on their home background against the same classes elsewhere.
 Prints Markdown tables and writes the numbers as JSON (--out).
 """
 
@@ -25,6 +26,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +89,16 @@ def recognition(model, class_text: torch.Tensor, root: Path, ids: list[str], cla
             "perfect_ranking": float(np.mean(ranked) * 100), "images": len(ids)}
 
 
+def iou(counts) -> float:
+    tp, fp, fn = counts
+    return tp / max(tp + fp + fn, 1)
+
+
 def segmentation(engine: CamEngine, root: Path, ids: list[str], classes: list[str], alphas: list[float],
-                 caa: bool) -> dict:
+                 caa: bool, planted: dict[str, str]) -> dict:
     sources = ["cam"] + (["refined"] if caa else [])
     cms = {(s, a): ConfusionMatrix(len(classes) + 1) for s in sources for a in alphas}
+    leak = defaultdict(lambda: np.zeros(3, np.int64))  # (source, α, class, on its home background) → TP, FP, FN
     seconds = 0.0
     for image_id in tqdm(ids, desc="GradCAM", unit="img", leave=False):
         image = Image.open(root / "JPEGImages" / f"{image_id}.jpg").convert("RGB")
@@ -107,11 +115,21 @@ def segmentation(engine: CamEngine, root: Path, ids: list[str], classes: list[st
                 bg = (1 - maps.max(0)) ** a
                 pred = lut[np.concatenate([bg[None], maps]).argmax(0)]
                 cms[(s, a)].update(pred, gt)
+                for c, home in planted.items():
+                    if c in facts.classes:
+                        k, valid = classes.index(c) + 1, gt != 255
+                        p, g = (pred == k) & valid, (gt == k) & valid
+                        leak[(s, a, c, facts.background == home)] += (p & g).sum(), (p & ~g).sum(), (~p & g).sum()
     res = {}
     for (s, a), cm in cms.items():
         r = cm.compute()
         res[f"{s}_alpha{a:g}"] = {"miou": r["miou"] * 100,
                                   "iou": {n: v * 100 for n, v in zip(["background"] + classes, r["iou"])}}
+        # the leak itself: each planted class's IoU on its home background against the same class elsewhere
+        home = [iou(leak[(s, a, c, True)]) for c in planted]
+        away = [iou(leak[(s, a, c, False)]) for c in planted]
+        res[f"{s}_alpha{a:g}"].update(planted_home_iou=float(np.mean(home)) * 100 if home else None,
+                                      planted_away_iou=float(np.mean(away)) * 100 if away else None)
     res["seconds_per_image"] = seconds / max(len(ids), 1)
     return res
 
@@ -154,7 +172,7 @@ def main() -> None:
     bg_text = encode_class_texts(model, tokenizer, backgrounds, args.templates)
     report["recognition"] = recognition(model, class_text, root, ids, classes)
     engine = CamEngine(model, class_text, bg_text, CamConfig(refine=args.caa), "cpu")
-    seg = segmentation(engine, root, ids, classes, args.alphas, args.caa)
+    seg = segmentation(engine, root, ids, classes, args.alphas, args.caa, planted)
     report["segmentation"] = seg
     report.update({"root": str(root), "split": args.split, "model": args.model, "pretrained": args.pretrained,
                    "templates": args.templates, "background_words": backgrounds, "planted": planted})
@@ -179,6 +197,10 @@ def main() -> None:
         seg[k]["other_mean_iou"] = float(np.mean([seg[k]["iou"][c] for c in others]))
     print("| planted classes (mean) | " + " | ".join(f"{seg[k]['planted_mean_iou']:.1f}" for k in keys) + " |")
     print("| other classes (mean) | " + " | ".join(f"{seg[k]['other_mean_iou']:.1f}" for k in keys) + " |")
+    if planted:
+        print("| planted classes on their home background | "
+              + " | ".join(f"{seg[k]['planted_home_iou']:.1f}" for k in keys) + " |")
+        print("| planted classes elsewhere | " + " | ".join(f"{seg[k]['planted_away_iou']:.1f}" for k in keys) + " |")
     if "generation" in report:
         g = report["generation"]
         print(f"\nGeneration: {g['images']} images in {g['seconds']} s ({g['workers']} workers)")

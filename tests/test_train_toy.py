@@ -10,8 +10,9 @@ import torch
 
 from wsss.clip.model import load_clip
 from wsss.clip.dense import DenseViT, accumulate_attention
-from wsss.clip.train_toy import (affinity_loss, crop_params, image_tokens, mosaic, multi_positive_loss, paste,
-                                 paste_consistency, tile_embeddings, tile_means, train_toy_clip)
+from wsss.clip.train_toy import (affinity_loss, block_forward, crop_params, image_tokens, mosaic, multi_positive_loss,
+                                 paste, paste_consistency, text_embeddings, tile_embeddings, tile_means,
+                                 train_toy_clip)
 from wsss.toyworld import generate_toyworld
 
 
@@ -48,8 +49,26 @@ def test_value_path_is_the_last_blocks_attention_read_out():
         last.attn.in_proj_bias[:dim].zero_()
     captured = {}
     last.attn.register_forward_hook(lambda mod, inp, out: captured.setdefault("attn", out[0]))
-    _, values, _ = image_tokens(visual, torch.randn(2, 3, 64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    visual(x)  # open_clip's own forward runs the block's nn.MultiheadAttention
+    _, values, _ = image_tokens(visual, x)
     torch.testing.assert_close(captured["attn"], values.mean(1, keepdim=True).expand_as(values), rtol=1e-4, atol=1e-5)
+
+
+def test_written_out_attention_equals_the_blocks():
+    """block_forward / text_embeddings are the open_clip forwards, values and gradients (text: causal mask)."""
+    model, tokenizer = load_clip("wsss-toy-vit", None)
+    model.requires_grad_(True)
+    block = model.visual.transformer.resblocks[0]
+    z = torch.randn(3, 65, block.attn.embed_dim, requires_grad=True)
+    ours = block_forward(block, z)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), z)
+    theirs = block(z)
+    (grad_theirs,) = torch.autograd.grad(theirs.square().sum(), z)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-4, atol=1e-4)
+    tokens = tokenizer(["a photo of a red triangle.", "a circle and a star on the grass."])
+    torch.testing.assert_close(text_embeddings(model, tokens), model.encode_text(tokens), rtol=1e-5, atol=1e-5)
 
 
 def test_trained_attention_is_the_matrix_caa_reads():

@@ -1,0 +1,108 @@
+"""Toy CLIP training step: open_clip's own forwards against the written-out attention `train_toy` uses.
+
+    PYTHONPATH=src python benchmarks/train_step.py --threads 2
+
+Times forward + backward (bf16 autocast on the CPU, as in `train_toy_clip`) of
+(a) the image tower on a batch of 64-px images: `block(z)` per block (PyTorch's fused attention kernel)
+    against `block_forward` (softmax(q·kᵀ/√d)·v written out), the same weights and inputs;
+(b) the text tower on a batch of toy captions: `model.encode_text` against `text_embeddings` (written-out
+    attention, context cut after the longest caption);
+(c) one AdamW step over all parameters, `foreach` against `fused`.
+Both sides of each pair run interleaved in one process; the script checks they compute the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from wsss.clip.dense import embed_tokens, interpolate_pos_embed  # noqa: E402
+from wsss.clip.model import load_clip  # noqa: E402
+from wsss.clip.train_toy import _param_groups, block_forward, keep_freed_memory, text_embeddings  # noqa: E402
+
+CAPTIONS = ["a photo of a triangle and two circles.", "a red star in the sky.", "an arrow on the road.",
+            "a photo of a ring, a heart and a moon on the water.", "there is a square."]
+
+
+def image_tokens(visual, x: torch.Tensor, written_out: bool) -> torch.Tensor:
+    z = embed_tokens(visual, x, lambda h, w: interpolate_pos_embed(visual.positional_embedding, visual.grid_size,
+                                                                    (h, w)))
+    for block in visual.transformer.resblocks:
+        z = block_forward(block, z) if written_out else block(z)
+    return visual.ln_post(z)
+
+
+def image_loss(visual, x: torch.Tensor, written_out: bool) -> torch.Tensor:
+    return image_tokens(visual, x, written_out)[:, 1:].mean(1).float().square().sum()
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    torch.manual_seed(0)
+    model, tokenizer = load_clip("wsss-toy-vit", None)
+    model.requires_grad_(True)
+    size = model.visual.image_size[0]
+    x = torch.randn(args.batch, 3, size, size)
+    tokens = tokenizer([CAPTIONS[i % len(CAPTIONS)] for i in range(args.batch)])
+
+    def step(loss_fn):
+        def run():
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = loss_fn()
+            loss.backward()
+        return run
+
+    pairs = {
+        "image tower, fwd + bwd": (step(lambda: image_loss(model.visual, x, False)),
+                                   step(lambda: image_loss(model.visual, x, True))),
+        "text tower, fwd + bwd": (step(lambda: model.encode_text(tokens).float().square().sum()),
+                                  step(lambda: text_embeddings(model, tokens).float().square().sum())),
+    }
+    with torch.no_grad():
+        diff_img = (image_tokens(model.visual, x, False) - image_tokens(model.visual, x, True)).abs().max().item()
+        diff_txt = (model.encode_text(tokens) - text_embeddings(model, tokens)).abs().max().item()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimisers = {kind: torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-5, **{kind: True})
+                  for kind in ("foreach", "fused")}
+    pairs["AdamW step"] = (optimisers["foreach"].step, optimisers["fused"].step)
+
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.repeats}\n")
+    print("| part | open_clip / foreach (ms) | train_toy (ms) | speed-up |\n|---|---:|---:|---:|")
+    for name, (ref, ours) in pairs.items():
+        ref(), ours()  # warm-up
+        t_ref, t_ours = [], []
+        for _ in range(args.repeats):  # interleaved, so both sides see the same machine
+            t_ref.append(timed(ref, 1))
+            t_ours.append(timed(ours, 1))
+        a, b = statistics.median(t_ref), statistics.median(t_ours)
+        print(f"| {name} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}× |")
+    print(f"\nmax |difference| (fp32, no autocast): image tokens {diff_img:.1e}, text embeddings {diff_txt:.1e}")
+
+
+if __name__ == "__main__":
+    main()
