@@ -169,9 +169,9 @@ def block_forward(block, x: torch.Tensor, attn_mask: torch.Tensor | None = None)
     written out as softmax(q·kᵀ/√d)·v, equal to `block(x, attn_mask=...)`.
 
     Why not call the block: on a CPU, PyTorch's fused attention kernel spends more than half of a training
-    step in its backward at the toy's sequence lengths (65 image / 24 text tokens); written out, the step
-    of the image tower is 3.4× faster and the text tower's 2.4× (`benchmarks/README.md`), which buys the
-    toy CLIP that many more steps inside its CPU budget.
+    step in its backward at the toy's sequence lengths (65 image / about 12 text tokens); written out, the
+    image tower's forward + backward is 2.3× faster (`benchmarks/train_step.py`), which buys the toy CLIP
+    that many more steps inside its CPU budget.
     """
     a = block.attn
     q, k, v = F.linear(block.ln_1(x), a.in_proj_weight, a.in_proj_bias).chunk(3, dim=-1)
@@ -192,6 +192,8 @@ def text_embeddings(model, tokens: torch.Tensor) -> torch.Tensor:
     later one, so the end-of-text token's output, the one pooled, is unchanged (toy captions fill about
     half of the 24 positions).
     """
+    if getattr(model, "text_pool_type", "argmax") != "argmax" or model.attn_mask is None:
+        raise ConfigError("train-toy-clip needs a causal text tower pooled at the end-of-text token")
     length = int(tokens.argmax(dim=-1).max()) + 1
     tokens = tokens[:, :length]
     x = model.token_embedding(tokens) + model.positional_embedding[:length]
