@@ -89,9 +89,10 @@ def recognition(model, class_text: torch.Tensor, root: Path, ids: list[str], cla
             "perfect_ranking": float(np.mean(ranked) * 100), "images": len(ids)}
 
 
-def iou(counts) -> float:
+def iou(counts) -> float | None:
+    """TP / (TP + FP + FN); None where the group has neither ground truth nor prediction."""
     tp, fp, fn = counts
-    return tp / max(tp + fp + fn, 1)
+    return tp / (tp + fp + fn) if tp + fp + fn else None
 
 
 def segmentation(engine: CamEngine, root: Path, ids: list[str], classes: list[str], alphas: list[float],
@@ -126,8 +127,8 @@ def segmentation(engine: CamEngine, root: Path, ids: list[str], classes: list[st
         res[f"{s}_alpha{a:g}"] = {"miou": r["miou"] * 100,
                                   "iou": {n: v * 100 for n, v in zip(["background"] + classes, r["iou"])}}
         # the leak itself: each planted class's IoU on its home background against the same class elsewhere
-        home = [iou(leak[(s, a, c, True)]) for c in planted]
-        away = [iou(leak[(s, a, c, False)]) for c in planted]
+        home = [v for c in planted if (v := iou(leak[(s, a, c, True)])) is not None]
+        away = [v for c in planted if (v := iou(leak[(s, a, c, False)])) is not None]
         res[f"{s}_alpha{a:g}"].update(planted_home_iou=float(np.mean(home)) * 100 if home else None,
                                       planted_away_iou=float(np.mean(away)) * 100 if away else None)
     res["seconds_per_image"] = seconds / max(len(ids), 1)
