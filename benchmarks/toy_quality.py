@@ -110,6 +110,7 @@ def segmentation(engine: CamEngine, root: Path, ids: list[str], classes: list[st
         out = engine(image, present)
         seconds += time.perf_counter() - t0
         lut = np.array([0] + [k + 1 for k in present], np.uint8)
+        valid = gt != 255
         for s in sources:
             maps = out.cam if s == "cam" else out.refined
             for a in alphas:
@@ -118,7 +119,7 @@ def segmentation(engine: CamEngine, root: Path, ids: list[str], classes: list[st
                 cms[(s, a)].update(pred, gt)
                 for c, home in planted.items():
                     if c in facts.classes:
-                        k, valid = classes.index(c) + 1, gt != 255
+                        k = classes.index(c) + 1
                         p, g = (pred == k) & valid, (gt == k) & valid
                         leak[(s, a, c, facts.background == home)] += (p & g).sum(), (p & ~g).sum(), (~p & g).sum()
     res = {}
