@@ -56,7 +56,8 @@ def stale(root: Path, seed: int) -> bool:
     stats = json.loads((root / "stats.json").read_text())
     defaults = {k: p.default for k, p in inspect.signature(generate_toyworld).parameters.items()}
     want = {"generator": f"wsss.toyworld/{GENERATOR_VERSION}", "seed": seed, "image_size": defaults["image_size"],
-            "size_range": list(defaults["size_range"]), "colour_prior": defaults["colour_prior"]}
+            "size_range": list(defaults["size_range"]), "colour_prior": defaults["colour_prior"],
+            "max_rotation": defaults["max_rotation"]}
     return any(stats.get(k) != v for k, v in want.items())
 
 

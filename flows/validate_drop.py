@@ -8,7 +8,6 @@ The flow fails (and says why, one line per failing expectation) when the drop do
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from prefect.states import Failed
 from wsss.data.readers import read_dataset_source
 from wsss.errors import WsssError
 from wsss.validation import validate_dataset
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @task(name="validate")

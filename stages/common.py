@@ -7,7 +7,6 @@ and turns user errors (`WsssError`) into a Failed state with a one-line message 
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Callable
 
@@ -18,8 +17,6 @@ from prefect.states import Failed
 from wsss.errors import WsssError
 from wsss.params import load_params, section
 from wsss.tracking import StageRun, start_stage_run
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def declared_params(stage: str, params: dict[str, Any], sections: list[str]) -> dict[str, Any]:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -69,3 +74,16 @@ def test_bug_marks_run_failed_and_propagates():
             1 / 0
     _, runs = _runs("boom")
     assert runs[0].info.status == "FAILED"
+
+
+@pytest.mark.parametrize("env, expected", [({}, "180"), ({"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "33"}, "33")])
+def test_stages_set_prefect_defaults_before_prefect_reads_them(env, expected):
+    """Prefect reads its settings once, at import: the stage package's defaults must already be there
+    (a new machine's first temporary API server outlasted Prefect's own 20 s start-up limit)."""
+    code = ("import stages.cams\n"
+            "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s\n"
+            "print(s.value())")
+    clean = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split()[-1] == expected

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from benchmarks.toy_quality import load_split, recognition, segmentation
@@ -18,10 +17,10 @@ from wsss.clip.model import load_clip
 from wsss.clip.text import encode_class_texts
 from wsss.toyworld import generate_toyworld
 
-# floors with margin under what the shipped checkpoint measures on this sample: 94.6 % mAP, GradCAM
-# 47.8 % mIoU (planted classes 37.0 % vs 46.2 %; on their home background 36.0 % vs 46.9 % elsewhere),
-# CAA-refined 55.7 % (+7.9 points)
-MAP_FLOOR, MIOU_FLOOR, CAA_GAIN_FLOOR = 85.0, 40.0, 3.0
+# floors under what the shipped checkpoint measures on this sample: 97.3 % mAP, GradCAM 41.6 % mIoU
+# (planted classes 42.5 % on their home background vs 62.1 % elsewhere), CAA-refined 59.5 % (+17.9 points).
+# The GradCAM floor is the target itself: on a CPU the sample is measured the same every time.
+MAP_FLOOR, MIOU_FLOOR, CAA_GAIN_FLOOR, LEAK_FLOOR = 92.0, 40.0, 10.0, 10.0
 CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "toyclip" / "wsss-toy-vit.pt"
 
 
@@ -39,26 +38,24 @@ def measured(tmp_path_factory):
     planted = json.loads((root / "stats.json").read_text())["cooccurrence"]
     engine = CamEngine(model, class_text, bg_text, CamConfig(), "cpu")
     seg = segmentation(engine, root, ids, classes, [1.0], caa=True, planted=planted)
-    return rec, seg, planted, classes
+    return rec, seg
 
 
 def test_zero_shot_recognition(measured):
-    rec, *_ = measured
+    rec, _ = measured
     assert rec["map"] >= MAP_FLOOR, rec
 
 
 def test_gradcam_localises_and_planted_classes_leak(measured):
-    _, segs, planted, classes = measured
+    _, segs = measured
     seg = segs["cam_alpha1"]
     assert seg["miou"] >= MIOU_FLOOR, seg
-    planted_iou = np.mean([seg["iou"][c] for c in planted])
-    other_iou = np.mean([seg["iou"][c] for c in classes if c not in planted])
-    assert planted_iou < other_iou - 5, (planted_iou, other_iou)
-    # and it is their background: the same classes score lower on their home background than elsewhere
-    assert seg["planted_home_iou"] < seg["planted_away_iou"] - 5, seg
+    # the leak is measured within each planted class (home background against elsewhere): across classes,
+    # shape difficulty differs more than the leak costs (the planted ring is the easiest shape to segment)
+    assert seg["planted_home_iou"] < seg["planted_away_iou"] - LEAK_FLOOR, seg
 
 
 def test_caa_refinement_beats_raw_cam(measured):
-    _, segs, *_ = measured
+    _, segs = measured
     cam, refined = segs["cam_alpha1"]["miou"], segs["refined_alpha1"]["miou"]
     assert refined >= cam + CAA_GAIN_FLOOR, (cam, refined)

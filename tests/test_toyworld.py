@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -111,6 +112,21 @@ def test_colour_prior_and_patterns(tmp_path):
                               colour_prior=0.0, progress=False)
     objects = [o for p in (tmp_path / "u" / "Annotations").glob("*.xml") for o in ET.parse(p).getroot().iter("object")]
     assert np.mean([o.findtext("color") == CLASS_COLOURS[o.findtext("name")] for o in objects]) < 0.3
+
+
+def test_objects_lean_at_most_max_rotation():
+    """The default world's objects stand near upright (±0.35 rad); `max_rotation=pi` turns them freely."""
+    def angles(max_rotation):
+        spec = gen.WorldSpec(64, CLASSES, BACKGROUNDS, tuple(COOCCURRENCE.items()), 0.88, 1.0, 92, 0, 0.0,
+                             (0.16, 0.32), gen.N_OBJECTS_P, max_rotation, True, 0.9)
+        rng = np.random.default_rng(0)
+        return np.array([o.angle for _ in range(300) for o in gen.sample_scene(rng, spec).objects
+                         if o.cls != "heart"])  # the heart is limited on its own (shapes.MAX_ROTATION)
+
+    lean = angles(gen.MAX_LEAN)
+    assert np.abs(lean).max() <= gen.MAX_LEAN and np.abs(lean).max() > 0.3
+    assert np.abs(angles(np.pi)).max() > 2.5
+    assert inspect.signature(generate_toyworld).parameters["max_rotation"].default == gen.MAX_LEAN
 
 
 def test_failed_generation_keeps_previous_output(tmp_path, monkeypatch, world):

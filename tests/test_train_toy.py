@@ -10,9 +10,9 @@ import torch
 
 from wsss.clip.model import load_clip
 from wsss.clip.dense import DenseViT, accumulate_attention
-from wsss.clip.train_toy import (affinity_loss, block_forward, crop_params, image_tokens, mosaic, multi_positive_loss,
-                                 paste, paste_consistency, text_embeddings, tile_embeddings, tile_means,
-                                 train_toy_clip)
+from wsss.clip.train_toy import (affinity_loss, block_forward, caption_tokens, crop_params, image_tokens, mosaic,
+                                 multi_positive_loss, paste, paste_consistency, text_embeddings, tile_embeddings,
+                                 tile_means, train_toy_clip)
 from wsss.toyworld import generate_toyworld
 
 
@@ -69,6 +69,13 @@ def test_written_out_attention_equals_the_blocks():
     torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-4, atol=1e-4)
     tokens = tokenizer(["a photo of a red triangle.", "a circle and a star on the grass."])
     torch.testing.assert_close(text_embeddings(model, tokens), model.encode_text(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_caption_tokens_are_the_tokenizers():
+    _, tokenizer = load_clip("wsss-toy-vit", None)
+    tokens = caption_tokens(tokenizer)
+    for captions in (["a circle.", "two stars on the sky.", "a circle."], ["a heart.", "a circle.", "a circle."]):
+        assert torch.equal(tokens(captions), tokenizer(captions))
 
 
 def test_trained_attention_is_the_matrix_caa_reads():

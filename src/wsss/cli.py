@@ -5,7 +5,6 @@ User errors print as one line (`error: <file>: <problem>`) and exit 2; a failed 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Optional
 import typer
 
 from wsss.errors import WsssError
+from wsss.prefect_env import apply_prefect_defaults
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + SemPLeS), as a "
@@ -87,7 +87,7 @@ def toyworld(out: Path = typer.Argument(Path("data/raw/toyworld"), help="Output 
 def train_toy_clip_cmd(data_root: Path = typer.Option(Path("data/raw/toyclip-corpus"),
                                                       help="Toy-world corpus (generated there if absent)."),
                        out: Path = typer.Option(Path("assets/toyclip/wsss-toy-vit.pt"), help="fp16 checkpoint."),
-                       epochs: float = typer.Option(7.5), batch_size: int = typer.Option(64),
+                       epochs: float = typer.Option(12.5), batch_size: int = typer.Option(64),
                        lr: float = typer.Option(1e-3), seed: int = typer.Option(0),
                        max_steps: Optional[int] = typer.Option(None, help="Stop early (smoke runs)."),
                        threads: int = typer.Option(2, help="torch CPU threads.")):
@@ -140,7 +140,7 @@ def _device(spec: str | None) -> str:
 
 def main() -> None:
     """Entry point: user errors become one line on stderr, exit code 2."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    apply_prefect_defaults()
     try:
         app()
     except WsssError as e:
