@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
+def pytest_configure(config):
+    """Before any test module is collected: Prefect reads its settings when first imported, and test
+    modules import it (through `stages`) at collection time."""
+    home = Path(tempfile.mkdtemp(prefix="wsss-tests-"))
+    config._wsss_home = home
     os.environ["PREFECT_HOME"] = str(home / "prefect")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
@@ -24,7 +28,12 @@ def _isolated_env(tmp_path_factory):
         torch.set_num_threads(2)
     except ImportError:
         pass
-    yield
+
+
+def pytest_unconfigure(config):
+    home = getattr(config, "_wsss_home", None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,8 @@ def test_bug_marks_run_failed_and_propagates():
     assert runs[0].info.status == "FAILED"
 
 
-@pytest.mark.parametrize("env, expected", [({}, "180"), ({"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "33"}, "33")])
+@pytest.mark.parametrize("env, expected", [({}, "180"),
+                                           ({"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "33"}, "33")])
 def test_stages_set_prefect_defaults_before_prefect_reads_them(env, expected):
     """Prefect reads its settings once, at import: the stage package's defaults must already be there
     (a new machine's first temporary API server outlasted Prefect's own 20 s start-up limit)."""

@@ -108,6 +108,7 @@ def test_colour_prior_and_patterns(tmp_path):
     objects = [o for p in (tmp_path / "w" / "Annotations").glob("*.xml") for o in ET.parse(p).getroot().iter("object")]
     usual = np.mean([o.findtext("color") == CLASS_COLOURS[o.findtext("name")] for o in objects])
     assert 0.65 < usual < 0.95
+    assert stats["max_rotation"] == gen.MAX_LEAN  # the default reaches the generator
     stats = generate_toyworld(tmp_path / "u", num_train=120, num_val=0, image_size=64, seed=2, workers=1,
                               colour_prior=0.0, progress=False)
     objects = [o for p in (tmp_path / "u" / "Annotations").glob("*.xml") for o in ET.parse(p).getroot().iter("object")]
