@@ -351,9 +351,10 @@ def corpus_differences(data_root: Path) -> dict:
         return {"stats.json": "missing"}
     stats = json.loads(stats_file.read_text())
     defaults = {k: p.default for k, p in inspect.signature(generate_toyworld).parameters.items()}
-    want = {**{k: defaults[k] for k in ("max_rotation", "colour_prior")}, **CORPUS,
+    counts = ("num_train", "num_val")  # the split sizes are not settings of how images are drawn
+    want = {**{k: defaults[k] for k in ("max_rotation", "colour_prior")},
+            **{k: v for k, v in CORPUS.items() if k not in counts},
             "generator": f"wsss.toyworld/{GENERATOR_VERSION}", "size_range": list(defaults["size_range"])}
-    want.pop("num_train"), want.pop("num_val")
     return {k: stats.get(k) for k, v in want.items() if stats.get(k) != v}
 
 
