@@ -20,7 +20,6 @@ Prints Markdown tables and writes the numbers as JSON (--out).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import platform
 import sys
@@ -44,7 +43,7 @@ from wsss.clip.train_toy import average_precision  # noqa: E402
 from wsss.clip.text import encode_class_texts  # noqa: E402
 from wsss.metrics.confusion import ConfusionMatrix  # noqa: E402
 from wsss.toyworld import generate_toyworld  # noqa: E402
-from wsss.toyworld.generate import GENERATOR_VERSION  # noqa: E402
+from wsss.toyworld.generate import drawn_otherwise  # noqa: E402
 from wsss.toyworld.captions import read_facts  # noqa: E402
 
 
@@ -53,12 +52,7 @@ DEFAULT_ROOT = str(REPO / "data" / "raw" / "toyworld-bench")
 
 def stale(root: Path, seed: int) -> bool:
     """Whether the benchmark's own world was drawn by another generator version or other defaults."""
-    stats = json.loads((root / "stats.json").read_text())
-    defaults = {k: p.default for k, p in inspect.signature(generate_toyworld).parameters.items()}
-    want = {"generator": f"wsss.toyworld/{GENERATOR_VERSION}", "seed": seed, "image_size": defaults["image_size"],
-            "size_range": list(defaults["size_range"]), "colour_prior": defaults["colour_prior"],
-            "max_rotation": defaults["max_rotation"]}
-    return any(stats.get(k) != v for k, v in want.items())
+    return bool(drawn_otherwise(root, seed=seed))
 
 
 def load_split(root: Path, split: str, limit: int | None):

@@ -14,6 +14,7 @@ from wsss.clip.train_toy import (affinity_loss, block_forward, caption_tokens, c
                                  multi_positive_loss, paste, paste_consistency, text_embeddings, tile_embeddings,
                                  tile_means, train_toy_clip)
 from wsss.toyworld import generate_toyworld
+from wsss.toyworld.generate import drawn_otherwise
 
 
 def test_multi_positive_loss_prefers_all_true_pairs():
@@ -172,13 +173,13 @@ def test_generates_the_corpus_when_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(train_toy, "CORPUS", dict(num_train=20, num_val=0, image_size=64, seed=1, empty_fraction=0.1))
     metrics = train_toy_clip(tmp_path / "corpus", tmp_path / "m.pt", batch_size=8, max_steps=2, progress=False)
     assert (tmp_path / "corpus" / "classes.txt").exists() and metrics["steps"] == 2
-    assert train_toy.corpus_differences(tmp_path / "corpus") == {}
+    assert drawn_otherwise(tmp_path / "corpus", **train_toy.CORPUS) == {}
 
 
 def test_a_corpus_drawn_otherwise_is_named(tiny_corpus, caplog):
-    from wsss.clip.train_toy import corpus_differences
+    from wsss.clip.train_toy import CORPUS
 
-    assert corpus_differences(tiny_corpus) == {"seed": 5, "empty_fraction": 0.1}
+    assert drawn_otherwise(tiny_corpus, **CORPUS) == {"seed": 5, "empty_fraction": 0.1}
     with caplog.at_level("WARNING"):
         train_toy_clip(tiny_corpus, tiny_corpus.parent / "m.pt", batch_size=8, max_steps=1, progress=False)
     assert "'seed': 5" in caplog.text and "not as the default corpus" in caplog.text

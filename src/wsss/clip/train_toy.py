@@ -68,6 +68,7 @@ from tqdm import tqdm
 from wsss.errors import ConfigError, DataError
 from wsss.io import atomic_path, write_json
 from wsss.toyworld.captions import Facts, fit_matrix, make_caption, read_facts
+from wsss.toyworld.generate import drawn_otherwise
 
 log = logging.getLogger(__name__)
 
@@ -339,25 +340,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def corpus_differences(data_root: Path) -> dict:
-    """Generator settings in which the corpus at `data_root` differs from the default one (`CORPUS`)."""
-    import inspect
-
-    from wsss.toyworld import generate_toyworld
-    from wsss.toyworld.generate import GENERATOR_VERSION
-
-    stats_file = data_root / "stats.json"
-    if not stats_file.exists():
-        return {"stats.json": "missing"}
-    stats = json.loads(stats_file.read_text())
-    defaults = {k: p.default for k, p in inspect.signature(generate_toyworld).parameters.items()}
-    counts = ("num_train", "num_val")  # the split sizes are not settings of how images are drawn
-    want = {**{k: defaults[k] for k in ("max_rotation", "colour_prior")},
-            **{k: v for k, v in CORPUS.items() if k not in counts},
-            "generator": f"wsss.toyworld/{GENERATOR_VERSION}", "size_range": list(defaults["size_range"])}
-    return {k: stats.get(k) for k, v in want.items() if stats.get(k) != v}
-
-
 def caption_tokens(tokenizer):
     """`tokenizer` with a memory: a run draws a few thousand distinct captions hundreds of thousands of
     times, and BPE-encoding them again cost about 5 % of a step."""
@@ -452,7 +434,7 @@ def train_toy_clip(
 
         log.info("no toy world at %s: generating the CLIP corpus %s", data_root, CORPUS)
         generate_toyworld(data_root, **CORPUS, progress=progress)
-    elif differs := corpus_differences(data_root):
+    elif differs := drawn_otherwise(data_root, **CORPUS):
         log.warning("%s was drawn with %s, not as the default corpus: the model will differ from the "
                     "shipped one (delete the folder to regenerate it)", data_root, differs)
     register_configs()

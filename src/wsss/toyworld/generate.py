@@ -23,6 +23,8 @@ of worker processes.
 
 from __future__ import annotations
 
+import inspect
+import json
 import math
 import os
 import time
@@ -286,6 +288,21 @@ def _stats(records: list[dict], spec: WorldSpec) -> dict:
             "mean_foreground_fraction": round(sum(r["fg"] for r in recs) / max(n, 1), 4),
         }
     return stats
+
+
+def drawn_otherwise(root: str | os.PathLike, **settings) -> dict:
+    """The drawing settings in which the world at `root` differs from `generate_toyworld(**settings)` with
+    its other parameters at their defaults, as `{name: recorded value}` (`{}` when it would be redrawn
+    the same). The split sizes are not compared: they choose how many images, not how each is drawn."""
+    stats_file = Path(root) / "stats.json"
+    if not stats_file.exists():
+        return {"stats.json": "missing"}
+    stats = json.loads(stats_file.read_text())
+    params = inspect.signature(generate_toyworld).parameters
+    want = {k: settings.get(k, params[k].default)
+            for k in ("seed", "image_size", "empty_fraction", "size_range", "max_rotation", "colour_prior")}
+    want = {**want, "size_range": list(want["size_range"]), "generator": f"wsss.toyworld/{GENERATOR_VERSION}"}
+    return {k: stats.get(k) for k, v in want.items() if stats.get(k) != v}
 
 
 def generate_toyworld(
