@@ -9,7 +9,9 @@ Times forward + backward (bf16 autocast on the CPU, as in `train_toy_clip`) of
     value path), the same weights and inputs;
 (b) the text tower on a batch of toy captions: `model.encode_text` against `text_embeddings` (written-out
     attention, context cut after the longest caption);
-(c) one AdamW step over all parameters, `foreach` against `fused`.
+(c) one AdamW step over all parameters, `foreach` against `fused`;
+(d) a whole text-side step (forward, backward, gradient clipping, fused AdamW) with the token embedding
+    trained in place (its dense 49,408-row gradient) against `TokenRows` (only the rows captions use).
 Both sides of each pair run interleaved in one process; the script checks they compute the same thing.
 """
 
@@ -27,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from wsss.clip.model import load_clip  # noqa: E402
-from wsss.clip.train_toy import (_param_groups, image_tokens, keep_freed_memory, text_embeddings,  # noqa: E402
-                                 tile_embeddings)
+from wsss.clip.train_toy import (TokenRows, _param_groups, image_tokens, keep_freed_memory,  # noqa: E402
+                                 text_embeddings, tile_embeddings)
 
 CAPTIONS = ["a photo of a triangle and two circles.", "a red star in the sky.", "an arrow on the road.",
             "a photo of a ring, a heart and a moon on the water.", "there is a square."]
@@ -44,6 +46,23 @@ def seconds(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def text_step(model, tokens: torch.Tensor, rows: TokenRows | None):
+    """One optimisation step of the text tower: the token embedding trained in place (`rows` None) or as
+    `TokenRows`, the way `train_toy_clip` trains it."""
+    text = [p for n, p in model.named_parameters() if not n.startswith("visual.") and n != "token_embedding.weight"]
+    params = text + [rows.weight if rows is not None else model.token_embedding.weight]
+    opt = torch.optim.AdamW(params, lr=1e-6, fused=True)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = text_embeddings(model, tokens, rows).float().square().sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    return run
 
 
 def main() -> None:
@@ -83,9 +102,11 @@ def main() -> None:
     optimisers = {kind: torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-5, **{kind: True})
                   for kind in ("foreach", "fused")}
     pairs["AdamW step"] = (optimisers["foreach"].step, optimisers["fused"].step)
+    pairs["text step, embedding: dense / TokenRows"] = (text_step(model, tokens, None),
+                                                        text_step(model, tokens, TokenRows(model.token_embedding)))
 
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, median of {args.repeats}\n")
-    print("| part | open_clip / foreach (ms) | train_toy (ms) | speed-up |\n|---|---:|---:|---:|")
+    print("| part | open_clip / foreach / dense (ms) | train_toy (ms) | speed-up |\n|---|---:|---:|---:|")
     for name, (ref, ours) in pairs.items():
         ref(), ours()  # warm-up
         t_ref, t_ours = [], []

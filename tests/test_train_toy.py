@@ -10,9 +10,10 @@ import torch
 
 from wsss.clip.model import load_clip
 from wsss.clip.dense import DenseViT, accumulate_attention
-from wsss.clip.train_toy import (affinity_loss, block_forward, caption_tokens, crop_params, image_tokens, mosaic,
-                                 multi_positive_loss, paste, paste_consistency, text_embeddings, tile_embeddings,
-                                 tile_means, train_toy_clip)
+from wsss.clip.train_toy import (TokenRows, affinity_loss, block_forward, caption_tokens, crop_params,
+                                 image_tokens, mosaic, multi_positive_loss, paste, paste_consistency,
+                                 text_embeddings, tile_embeddings, tile_means, train_toy_clip)
+from wsss.errors import ConfigError
 from wsss.toyworld import generate_toyworld
 from wsss.toyworld.generate import drawn_otherwise
 
@@ -77,6 +78,38 @@ def test_caption_tokens_are_the_tokenizers():
     tokens = caption_tokens(tokenizer)
     for captions in (["a circle.", "two stars on the sky.", "a circle."], ["a heart.", "a circle.", "a circle."]):
         assert torch.equal(tokens(captions), tokenizer(captions))
+
+
+def test_token_rows_train_the_embedding_like_the_whole_table():
+    """Adam on the rows the captions use = Adam on the whole embedding (no decay): same used rows after
+    write-back, every other row untouched; a caption with a new token takes a new slot."""
+    _, tokenizer = load_clip("wsss-toy-vit", None)
+    dense, _ = load_clip("wsss-toy-vit", None)
+    compact, _ = load_clip("wsss-toy-vit", None)
+    compact.load_state_dict(dense.state_dict())
+    before = dense.token_embedding.weight.detach().clone()
+    dense.token_embedding.requires_grad_(True)
+    rows = TokenRows(compact.token_embedding, capacity=64)
+    opt_dense = torch.optim.AdamW([dense.token_embedding.weight], lr=1e-2, weight_decay=0.0)
+    opt_rows = torch.optim.AdamW([rows.weight], lr=1e-2, weight_decay=0.0)
+    batches = [["a photo of a circle.", "two stars on the sky."], ["a heart.", "a red arrow on the road."]] * 2
+    for captions in batches:  # the second batch brings tokens the first did not use
+        tokens = tokenizer(captions)
+        for model, opt, embed in ((dense, opt_dense, None), (compact, opt_rows, rows)):
+            opt.zero_grad()
+            text_embeddings(model, tokens, embed).square().sum().backward()
+            opt.step()
+    rows.write_back()
+    used = torch.unique(torch.cat([tokenizer(b) for b in batches]))
+    after = compact.token_embedding.weight
+    torch.testing.assert_close(after, dense.token_embedding.weight.detach(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.sort(rows.ids).values, used)
+    unused = torch.ones(len(after), dtype=torch.bool)
+    unused[used] = False
+    assert torch.equal(after[unused], before[unused])
+    assert not torch.allclose(after[rows.ids], before[rows.ids])  # the used rows did train
+    with pytest.raises(ConfigError, match="more than 64 distinct tokens"):
+        TokenRows(compact.token_embedding, capacity=64)(torch.arange(65)[None])
 
 
 def test_trained_attention_is_the_matrix_caa_reads():

@@ -34,18 +34,21 @@ Why it is trained the way it is (each choice serves the CAMs computed from it, m
   (46.3 % instead of 57.6 %; it marks object outlines more than interiors, which the affinity fills in)
   and zero-shot mAP is 88.8 % instead of 90.1 % (with mean pooling, background tokens that no longer copy
   the object dilute the image embedding). Trained longer, both terms converge towards tokens that carry
-  none of their neighbours' meaning: the shipped 4,688-step checkpoint (objects leaning ±20°) reaches
-  95.1 % mAP and 58.4 % after CAA, but its raw GradCAM is 40.4 % and the planted background's leak is
-  narrower (README, "The toy world and the small CLIP").
+  none of their neighbours' meaning, and the raw GradCAM keeps thinning: at 4,688 steps (objects leaning
+  ±20°) it was 39.2 % with the paste term at weight 1 (96.0 % mAP, 57.0 % after CAA; one run, and runs
+  that differ only in the rounding of a sum spread by about a point: an earlier one gave 40.4 %). At
+  weight 0.5, the default, the shipped checkpoint reaches 95.4 % mAP, 41.3 % raw GradCAM and 58.7 %
+  after CAA (README, "The toy world and the small CLIP").
 - Random crops that keep every object (boxes from the corpus annotations) and flips change scale and
   position, so the model cannot tie a class to a place in the grid.
 - The corpus is its own toy world (another seed, some background-only images, the same planted
   co-occurrence): CLIP plays a model pretrained elsewhere and never sees the WSSS dataset.
 - Speed on a CPU, because the budget is minutes: both towers run their blocks through `block_forward`
   (attention written out; PyTorch's fused CPU kernel spent half of each step in its backward at these
-  sequence lengths), text is cut after the batch's longest caption, AdamW is the fused kernel, and
-  glibc keeps the token embedding's gradient block instead of page-faulting it in every step
-  (`keep_freed_memory`). Together about 2× the steps per minute (`benchmarks/train_step.py`).
+  sequence lengths), text is cut after the batch's longest caption, AdamW is the fused kernel, only the
+  token-embedding rows the captions use are trained (`TokenRows`), and glibc keeps freed blocks in the
+  heap instead of page-faulting them in every step (`keep_freed_memory`). Together about 2× the steps
+  per minute (`benchmarks/train_step.py`).
 """
 
 from __future__ import annotations
@@ -190,18 +193,18 @@ def block_forward(block, x: torch.Tensor, attn_mask: torch.Tensor | None = None)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def text_embeddings(model, tokens: torch.Tensor) -> torch.Tensor:
+def text_embeddings(model, tokens: torch.Tensor, embed=None) -> torch.Tensor:
     """`model.encode_text(tokens)` (argmax pooling, projection matrix) through `block_forward`.
 
     The context is cut after the batch's longest caption: under the causal mask no position attends to a
     later one, so the end-of-text token's output, the one pooled, is unchanged (toy captions fill about
-    half of the 24 positions).
+    half of the 24 positions). `embed` looks the tokens up instead of `model.token_embedding` (`TokenRows`).
     """
     if getattr(model, "text_pool_type", "argmax") != "argmax" or model.attn_mask is None:
         raise ConfigError("train-toy-clip needs a causal text tower pooled at the end-of-text token")
     length = int(tokens.argmax(dim=-1).max()) + 1
     tokens = tokens[:, :length]
-    x = model.token_embedding(tokens) + model.positional_embedding[:length]
+    x = (embed or model.token_embedding)(tokens) + model.positional_embedding[:length]
     for block in model.transformer.resblocks:
         x = block_forward(block, x, model.attn_mask[:length, :length])
     x = model.ln_final(x)
@@ -316,9 +319,10 @@ def paste_consistency(z_clean: torch.Tensor, z_pasted: torch.Tensor, where: torc
 def keep_freed_memory() -> None:
     """Ask glibc to keep freed blocks of up to 32 MB in the heap instead of returning them to the system.
 
-    Every step allocates a fresh 25 MB gradient for the token embedding (49,408 × 128); by default glibc
-    maps it anew each time and the step spends a sixth of its time page-faulting it in. Process-wide, and
-    a no-op where the C library is not glibc.
+    Every step allocates and frees activations and gradients of several MB; by default glibc maps such a
+    block anew each time and the step spends a sixth of its time page-faulting them in (measured with
+    the whole token embedding trained, whose 25 MB gradient was the largest, and again with `TokenRows`:
+    `benchmarks/README.md`). Process-wide, and a no-op where the C library is not glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -338,6 +342,39 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
         else:
             decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class TokenRows:
+    """The token-embedding rows the captions use, trained as one small table instead of the whole embedding.
+
+    The toy captions use about a hundred of the tokenizer's 49,408 tokens, yet the embedding's dense
+    gradient is 25 MB a step, and zeroing, filling and clipping it and AdamW over it cost about a seventh
+    of a step. Trained in place, a row no caption uses gets a zero gradient, and AdamW leaves it as it is
+    (embeddings have no weight decay, its moments stay zero), so training only the used rows is the same
+    optimisation. Rows get a slot when a caption first uses them; `write_back` puts them into the model.
+    """
+
+    def __init__(self, embedding: torch.nn.Embedding, capacity: int = 2048):
+        self.embedding = embedding
+        self.weight = torch.nn.Parameter(embedding.weight.detach().new_zeros(capacity, embedding.embedding_dim))
+        self.slot = torch.full((embedding.num_embeddings,), -1, dtype=torch.long)
+        self.ids = torch.zeros(0, dtype=torch.long)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        new = torch.unique(tokens[self.slot[tokens] < 0])
+        if len(new):
+            start = len(self.ids)
+            if start + len(new) > len(self.weight):
+                raise ConfigError(f"train-toy-clip: the captions use more than {len(self.weight)} distinct tokens")
+            self.slot[new] = torch.arange(start, start + len(new))
+            self.ids = torch.cat([self.ids, new])
+            with torch.no_grad():  # a slot not used yet has zero gradient and zero moments: safe to fill
+                self.weight[start:start + len(new)] = self.embedding.weight[new]
+        return F.embedding(self.slot[tokens], self.weight)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        self.embedding.weight[self.ids] = self.weight[:len(self.ids)]
 
 
 def caption_tokens(tokenizer):
@@ -400,7 +437,7 @@ def train_toy_clip(
     p_mosaic: float = 0.5,
     value_weight: float = 1.0,
     paste_fraction: float = 0.25,
-    paste_weight: float = 1.0,
+    paste_weight: float = 0.5,
     affinity_weight: float = 0.1,
     affinity_images: int = 8,
     affinity_tau: float = 0.1,
@@ -447,15 +484,20 @@ def train_toy_clip(
     tokenizer = open_clip.get_tokenizer(model_name)
     tokenize_captions = caption_tokens(tokenizer)
     model.train()
-    if freeze_token_embedding:  # fixed random word vectors: cheaper steps, slower start of the text side
-        model.token_embedding.requires_grad_(False)
+    model.token_embedding.requires_grad_(False)
+    # fixed random word vectors (freeze_token_embedding) or the rows the captions use, trained (TokenRows)
+    rows = None if freeze_token_embedding else TokenRows(model.token_embedding)
     n = len(facts)
     steps_per_epoch = max(n // batch_size, 1)
     total = max(1, int(round(epochs * steps_per_epoch)))
     if max_steps:
         total = min(total, max_steps)
     warmup = max(1, int(warmup_frac * total))
-    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    groups = _param_groups(model, weight_decay)
+    if rows is not None:
+        groups[1]["params"].append(rows.weight)  # no weight decay, as for the embedding itself
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
     history: list[dict] = []
@@ -484,7 +526,7 @@ def train_toy_clip(
                 z, values, z_pasted = z[:len(idx)], values[:len(idx)], z[len(idx):]
             img = tile_embeddings(model.visual, z, k)
             val = value_embeddings(model.visual, values, k) if value_weight > 0 else None
-            txt = text_embeddings(model, tokens)
+            txt = text_embeddings(model, tokens, rows)
         img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
         scale = model.logit_scale.exp()
         loss = multi_positive_loss(scale * img @ txt.T, fits)
@@ -496,7 +538,7 @@ def train_toy_clip(
             loss = loss + value_weight * multi_positive_loss(scale * F.normalize(val.float(), dim=-1) @ txt.T, fits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         with torch.no_grad():
@@ -510,6 +552,8 @@ def train_toy_clip(
             log.info("step %d/%d loss %.4f lr %.2e scale %.1f", step + 1, total, rec["loss"], rec["lr"],
                      rec["logit_scale"])
     bar.close()
+    if rows is not None:
+        rows.write_back()
     train_seconds = time.perf_counter() - t_start
     model.eval()
     metrics = {
