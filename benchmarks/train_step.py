@@ -12,7 +12,9 @@ Times forward + backward (bf16 autocast on the CPU, as in `train_toy_clip`) of
 (c) one AdamW step over all parameters, `foreach` against `fused`;
 (d) a whole text-side step (forward, backward, gradient clipping, fused AdamW) with the token embedding
     trained in place (its dense 49,408-row gradient) against `TokenRows` (only the rows captions use).
-Both sides of each pair run interleaved in one process; the script checks they compute the same thing.
+Both sides of each pair run interleaved in one process; the script checks that the two forwards of (a)
+and (b) compute the same thing (the optimiser variants are the same algorithm; `TokenRows` is tested to
+train the embedding as the whole table would, `tests/test_train_toy.py`).
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ def seconds(fn) -> float:
 
 
 def text_step(model, tokens: torch.Tensor, rows: TokenRows | None):
-    """One optimisation step of the text tower: the token embedding trained in place (`rows` None) or as
-    `TokenRows`, the way `train_toy_clip` trains it."""
-    text = [p for n, p in model.named_parameters() if not n.startswith("visual.") and n != "token_embedding.weight"]
-    params = text + [rows.weight if rows is not None else model.token_embedding.weight]
-    opt = torch.optim.AdamW(params, lr=1e-6, fused=True)
+    """One optimisation step of the text tower as `train_toy_clip` takes it (its AdamW groups and settings,
+    clipping), with the token embedding trained in place (`rows` None) or as `TokenRows`."""
+    model.token_embedding.requires_grad_(rows is None)
+    groups = _param_groups(model, 0.1, rows)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=1e-6, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    model.token_embedding.requires_grad_(True)
 
     def run():
         opt.zero_grad(set_to_none=True)

@@ -10,7 +10,7 @@ import torch
 
 from wsss.clip.model import load_clip
 from wsss.clip.dense import DenseViT, accumulate_attention
-from wsss.clip.train_toy import (TokenRows, affinity_loss, block_forward, caption_tokens, crop_params,
+from wsss.clip.train_toy import (TokenRows, _param_groups, affinity_loss, block_forward, caption_tokens, crop_params,
                                  image_tokens, mosaic, multi_positive_loss, paste, paste_consistency,
                                  text_embeddings, tile_embeddings, tile_means, train_toy_clip)
 from wsss.errors import ConfigError
@@ -81,28 +81,37 @@ def test_caption_tokens_are_the_tokenizers():
 
 
 def test_token_rows_train_the_embedding_like_the_whole_table():
-    """Adam on the rows the captions use = Adam on the whole embedding (no decay): same used rows after
-    write-back, every other row untouched; a caption with a new token takes a new slot."""
+    """A text-side training step as `train_toy_clip` takes it (its AdamW groups, fused AdamW, clipping),
+    with the whole embedding trainable or with `TokenRows`: the same model after write-back, every row no
+    caption used untouched; a caption with a new token takes a new slot."""
     _, tokenizer = load_clip("wsss-toy-vit", None)
     dense, _ = load_clip("wsss-toy-vit", None)
     compact, _ = load_clip("wsss-toy-vit", None)
     compact.load_state_dict(dense.state_dict())
     before = dense.token_embedding.weight.detach().clone()
-    dense.token_embedding.requires_grad_(True)
+    dense.requires_grad_(True)
+    compact.requires_grad_(True)
+    compact.token_embedding.requires_grad_(False)
     rows = TokenRows(compact.token_embedding, capacity=64)
-    opt_dense = torch.optim.AdamW([dense.token_embedding.weight], lr=1e-2, weight_decay=0.0)
-    opt_rows = torch.optim.AdamW([rows.weight], lr=1e-2, weight_decay=0.0)
+    runs = []
+    for model, embed in ((dense, None), (compact, rows)):
+        groups = _param_groups(model, 0.1, embed)
+        opt = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.98), eps=1e-6, fused=True)
+        runs.append((model, embed, opt, [p for g in groups for p in g["params"]]))
     batches = [["a photo of a circle.", "two stars on the sky."], ["a heart.", "a red arrow on the road."]] * 2
     for captions in batches:  # the second batch brings tokens the first did not use
         tokens = tokenizer(captions)
-        for model, opt, embed in ((dense, opt_dense, None), (compact, opt_rows, rows)):
+        for model, embed, opt, params in runs:
             opt.zero_grad()
-            text_embeddings(model, tokens, embed).square().sum().backward()
+            (text_embeddings(model, tokens, embed).square().sum() * 10).backward()
+            assert torch.nn.utils.clip_grad_norm_(params, 1.0) > 1  # the clipping is exercised
             opt.step()
     rows.write_back()
+    for name, p in dense.named_parameters():
+        if not name.startswith("visual."):
+            torch.testing.assert_close(compact.get_parameter(name), p, rtol=1e-4, atol=1e-5, msg=name)
     used = torch.unique(torch.cat([tokenizer(b) for b in batches]))
     after = compact.token_embedding.weight
-    torch.testing.assert_close(after, dense.token_embedding.weight.detach(), rtol=1e-5, atol=1e-6)
     assert torch.equal(torch.sort(rows.ids).values, used)
     unused = torch.ones(len(after), dtype=torch.bool)
     unused[used] = False

@@ -204,7 +204,7 @@ def text_embeddings(model, tokens: torch.Tensor, embed=None) -> torch.Tensor:
         raise ConfigError("train-toy-clip needs a causal text tower pooled at the end-of-text token")
     length = int(tokens.argmax(dim=-1).max()) + 1
     tokens = tokens[:, :length]
-    x = (embed or model.token_embedding)(tokens) + model.positional_embedding[:length]
+    x = (embed if embed is not None else model.token_embedding)(tokens) + model.positional_embedding[:length]
     for block in model.transformer.resblocks:
         x = block_forward(block, x, model.attn_mask[:length, :length])
     x = model.ln_final(x)
@@ -332,7 +332,9 @@ def keep_freed_memory() -> None:
         pass
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float):
+def _param_groups(model: torch.nn.Module, weight_decay: float, rows: TokenRows | None = None):
+    """AdamW groups: weight decay on matrices only (not on embeddings, gains, biases, the logit scale, or
+    the `TokenRows` that stand in for the token embedding)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -341,6 +343,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
             no_decay.append(p)
         else:
             decay.append(p)
+    if rows is not None:
+        no_decay.append(rows.weight)  # last: the order of the clipped gradient's norm terms, fixed
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -348,10 +352,12 @@ class TokenRows:
     """The token-embedding rows the captions use, trained as one small table instead of the whole embedding.
 
     The toy captions use about a hundred of the tokenizer's 49,408 tokens, yet the embedding's dense
-    gradient is 25 MB a step, and zeroing, filling and clipping it and AdamW over it cost about a seventh
-    of a step. Trained in place, a row no caption uses gets a zero gradient, and AdamW leaves it as it is
-    (embeddings have no weight decay, its moments stay zero), so training only the used rows is the same
-    optimisation. Rows get a slot when a caption first uses them; `write_back` puts them into the model.
+    gradient is 25 MB a step to zero, fill, clip and step AdamW over (4.5–6 ms of a step of about 150 ms,
+    `benchmarks/train_step.py`). Trained in place, a row that has never had a gradient keeps zero Adam
+    moments and, embeddings having no weight decay, never moves; a row used before moves on its momentum
+    either way. So training only the rows captions use is the same optimisation (up to the order in which
+    the clipped gradient's norm is summed). A row gets a slot when a caption first uses it; `write_back`
+    puts the rows into the model.
     """
 
     def __init__(self, embedding: torch.nn.Embedding, capacity: int = 2048):
@@ -493,9 +499,7 @@ def train_toy_clip(
     if max_steps:
         total = min(total, max_steps)
     warmup = max(1, int(warmup_frac * total))
-    groups = _param_groups(model, weight_decay)
-    if rows is not None:
-        groups[1]["params"].append(rows.weight)  # no weight decay, as for the embedding itself
+    groups = _param_groups(model, weight_decay, rows)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
