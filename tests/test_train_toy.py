@@ -84,8 +84,7 @@ def test_token_rows_train_the_embedding_like_the_whole_table():
     """A text-side training step as `train_toy_clip` takes it (its AdamW groups, fused AdamW, clipping),
     with the whole embedding trainable or with `TokenRows`: the same model after write-back, every row no
     caption used untouched; a caption with a new token takes a new slot."""
-    _, tokenizer = load_clip("wsss-toy-vit", None)
-    dense, _ = load_clip("wsss-toy-vit", None)
+    dense, tokenizer = load_clip("wsss-toy-vit", None)
     compact, _ = load_clip("wsss-toy-vit", None)
     compact.load_state_dict(dense.state_dict())
     before = dense.token_embedding.weight.detach().clone()
