@@ -43,6 +43,24 @@ def test_one_pass_equals_per_class_reference(setup, class_chunk, size, classes):
     assert all(getattr(out, k).max() > 0.99 for k in ("cam_grid", "refined_grid"))  # non-trivial maps
 
 
+def test_weak_maps_are_normalised_twice_as_the_reference(setup):
+    """CLIP-ES min-max normalises each map per target layer and again after averaging the layers; with
+    eps = 1e-7 the second pass matters when a raw map's maximum is small. A near-flat softmax (tiny
+    logit scale) gives raw maxima of ~1e-7 here: a single pass would be off by far more than the tolerance."""
+    model, class_text, bg_text = setup
+    weak = tiny_clip()
+    with torch.no_grad():
+        weak.logit_scale.fill_(float(np.log(1e-3)))
+    image, classes = random_image(40, 32, seed=3), [0, 2, 3]
+    ref = ReferenceClipEs(weak, class_text, bg_text)(image, classes)
+    engine = CamEngine(weak, class_text, bg_text, CamConfig())
+    out = engine(image, classes)
+    for key in ("cam_grid", "cam", "refined_grid", "refined"):
+        np.testing.assert_allclose(getattr(out, key), ref[key], atol=TOL, rtol=0, err_msg=key)
+    once = out.cam_grid / out.cam_grid.max(axis=(1, 2), keepdims=True) * (1 - 1e-7 / ref["raw_max"][:, None, None])
+    assert np.abs(once - ref["cam_grid"]).max() > 0.05  # what the single pass gave: the test can tell them apart
+
+
 def test_class_and_token_chunks_give_the_same_maps(setup):
     """Large images back-propagate a few classes at a time and run the MLP over token chunks (bounded
     memory); the maps do not change."""

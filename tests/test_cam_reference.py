@@ -177,7 +177,7 @@ class ReferenceClipEs:
         ori_w, ori_h = image.size
         x, attn_list, (h, w) = self.trunk(image)
         texts = torch.cat([self.class_text[class_idx], self.bg_text])
-        out = {k: [] for k in ("cam_grid", "cam", "refined_grid", "refined", "boxes")}
+        out = {k: [] for k in ("cam_grid", "cam", "refined_grid", "refined", "boxes", "raw_max")}
         for idx in range(len(class_idx)):
             probs, aw_last, z = self.last_layer(x, texts)
             loss = probs[0, idx]
@@ -190,7 +190,9 @@ class ReferenceClipEs:
             grads = grads[0, 1:].reshape(h, w, -1).permute(2, 0, 1).float().cpu().numpy()
             weights = np.mean(grads, axis=(1, 2))
             cam = np.maximum((weights[:, None, None] * acts).sum(axis=0), 0).astype(np.float32)
-            cam = scale_cam_image([cam])[0]
+            out["raw_max"].append(cam.max() - cam.min())
+            cam = scale_cam_image([cam])[0]  # compute_cam_per_layer: per target layer
+            cam = scale_cam_image([np.maximum(cam, 0)])[0]  # aggregate_multi_layers: mean of one layer, again
             out["cam_grid"].append(cam)
             out["cam"].append(cv2.resize(cam, (ori_w, ori_h)))
 

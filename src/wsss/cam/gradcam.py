@@ -43,13 +43,16 @@ def minmax_normalize(maps: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 
 
 def gradcam_maps(activations: torch.Tensor, weights: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """CAM_k = min-max(ReLU(Σ_d w_kd A_d)); activations [N, D] (patch tokens), weights [K, D] → [K, h, w].
+    """CAM_k = min-max(min-max(ReLU(Σ_d w_kd A_d))); activations [N, D] (patch tokens), weights [K, D] →
+    [K, h, w]; w_kd is the spatial mean of ∂prob_k/∂A_d over the patch tokens.
 
-    w_kd is the spatial mean of ∂prob_k/∂A_d over the patch tokens.
+    Normalised twice, as the CLIP-ES code does (once per target layer, again after averaging the one
+    layer): with eps = 1e-7 the second pass lifts the peak of a map whose raw maximum is small (a weak
+    class, a small model) from max/(max + eps) back to ≈ 1, which moves the box threshold and the CAA input.
     """
     with torch.autocast(activations.device.type, enabled=False):
         cam = torch.relu(weights.float() @ activations.float().T)  # [K, N]
-        return minmax_normalize(cam.view(-1, *grid))
+        return minmax_normalize(minmax_normalize(cam.view(-1, *grid)))
 
 
 def auto_class_chunk(n_tokens: int, width: int, device: torch.device | str = "cpu") -> int:
