@@ -40,7 +40,8 @@ sys.path.insert(0, str(REPO / "tests"))  # the reference lives with the tests th
 
 from test_cam_reference import ReferenceClipEs, random_image  # noqa: E402
 
-from wsss.cam.engine import CamConfig, CamEngine  # noqa: E402
+from wsss.settings import CamsSettings
+from wsss.cam.engine import CamEngine  # noqa: E402
 
 MiB = 2**20
 
@@ -211,7 +212,7 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     class_text = F.normalize(torch.randn(args.num_classes, dim, generator=g), dim=-1)
     bg_text = F.normalize(torch.randn(25, dim, generator=g), dim=-1)
-    engine = CamEngine(model, class_text, bg_text, CamConfig(amp=args.amp), device)
+    engine = CamEngine(model, class_text, bg_text, CamsSettings(amp=args.amp), device)
     reference = ReferenceClipEs(model, class_text, bg_text)
     if args.amp and device.type == "cuda":
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.amp]

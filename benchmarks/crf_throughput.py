@@ -25,7 +25,8 @@ from scipy.ndimage import gaussian_filter
 from wsss.cam.store import cam_path, load_cam, save_cam
 from wsss.data.manifest import Dataset, make_table
 from wsss.data.vocab import VOC_CLASSES, Vocabulary
-from wsss.masks.crf import CrfParams, crf_refine
+from wsss.masks.crf import crf_refine
+from wsss.settings import CrfSettings
 from wsss.data.images import load_rgb_array as load_rgb
 from wsss.masks.export import MaskParams, export_masks
 from wsss.masks.pseudo import background_score, stack_with_background
@@ -59,7 +60,7 @@ def build(root: Path, n_images, width, height, seed=0) -> Dataset:
     return Dataset(make_table(rows), Vocabulary(VOC_CLASSES), root, "bench")
 
 
-def crf_only(ds: Dataset, params: CrfParams) -> float:
+def crf_only(ds: Dataset, params: CrfSettings) -> float:
     """Median seconds of the bare dense_crf call (inputs prepared beforehand)."""
     times = []
     for _, row in ds.table.iterrows():
@@ -82,7 +83,7 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"])
     args = ap.parse_args(argv)
-    params = MaskParams(crf=CrfParams(iterations=args.iterations))
+    params = MaskParams(crf=CrfSettings(iterations=args.iterations))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ds = build(root, args.images, args.width, args.height)

@@ -36,7 +36,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from wsss.cam.engine import CamConfig, CamEngine  # noqa: E402
+from wsss.settings import CamsSettings
+from wsss.cam.engine import CamEngine  # noqa: E402
 from wsss.clip.dense import preprocess  # noqa: E402
 from wsss.clip.model import load_clip  # noqa: E402
 from wsss.clip.train_toy import average_precision  # noqa: E402
@@ -168,7 +169,7 @@ def main() -> None:
     class_text = encode_class_texts(model, tokenizer, classes, args.templates)
     bg_text = encode_class_texts(model, tokenizer, backgrounds, args.templates)
     report["recognition"] = recognition(model, class_text, root, ids, classes)
-    engine = CamEngine(model, class_text, bg_text, CamConfig(refine=args.caa), "cpu")
+    engine = CamEngine(model, class_text, bg_text, CamsSettings(refine=args.caa), "cpu")
     seg = segmentation(engine, root, ids, classes, args.alphas, args.caa, planted)
     report["segmentation"] = seg
     report.update({"root": str(root), "split": args.split, "model": args.model, "pretrained": args.pretrained,

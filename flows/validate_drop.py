@@ -2,52 +2,59 @@
 
 Run once:      python -m flows.validate_drop data/incoming/drop-2026-11 --format custom --classes classes.txt
 Serve (UI):    python -m flows.validate_drop --serve   (a deployment you trigger from the Prefect UI with a path)
-The flow fails (and says why, one line per failing expectation) when the drop does not pass.
+A thin wrapper of `wsss.validation.validate_drop`, the entry point `wsss validate` uses too: same
+reading rules, same report (`reports/drops/<drop folder name>/` by default), same console lines (each
+failing expectation, each warning, the verdict). The flow fails (with those lines) when the drop does not pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.states import Failed
 
-from wsss.data.readers import read_dataset_source
+from wsss import validation
 from wsss.errors import WsssError
-from wsss.validation import validate_dataset
 
 
 @task(name="validate")
-def validate(path: str, format: str, classes: str | None, labels: str | None, report_dir: str) -> dict:
-    ds = read_dataset_source(path, format=format, classes=classes, labels=labels)
-    result = validate_dataset(ds, Path(report_dir))
-    for line in result.verdicts:
-        print(line)
-    return {"success": result.success, "images": len(ds), "verdicts": result.verdicts,
-            "report": result.summary.get("data_docs", report_dir)}
+def validate(path: str, format: str, classes: str | None, labels: str | None, splits: list[str] | None,
+             report_dir: str | None, max_pixels: int | None, min_side: int | None) -> dict:
+    result = validation.validate_drop(path, format=format, classes=classes, labels=labels, splits=splits,
+                                      report_dir=report_dir, max_pixels=max_pixels, min_side=min_side)
+    return result.summary
 
 
 @flow(name="validate-drop", log_prints=True)
 def validate_drop(path: str, format: str = "auto", classes: str | None = None, labels: str | None = None,
-                  report_dir: str = "reports/validation"):
-    """Validate the drop at `path`; Failed (with the defects) when it does not pass."""
+                  splits: list[str] | None = None, report_dir: str | None = None, max_pixels: int | None = None,
+                  min_side: int | None = None):
+    """Validate the drop at `path`; returns its summary, or Failed (with the defects, the summary as data)."""
     try:
-        outcome = validate(path, format, classes, labels, report_dir)
+        summary = validate(path, format, classes, labels, splits, report_dir, max_pixels, min_side)
     except WsssError as e:
         return Failed(message=str(e))
-    if not outcome["success"]:
-        return Failed(message=f"{path}: {len(outcome['verdicts'])} expectation(s) failed; report {outcome['report']}")
-    return outcome
+    lines = validation.report_lines(summary)
+    for line in lines:
+        print(line)  # log_prints: into the flow run's log (the UI) as well
+    if not summary["success"]:
+        return Failed(message="\n".join([f"{path}: {len(summary['verdicts'])} expectation(s) failed",
+                                         *summary["verdicts"]]), data=summary)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", nargs="?")
     parser.add_argument("--format", default="auto")
-    parser.add_argument("--classes")
-    parser.add_argument("--labels")
+    parser.add_argument("--classes", help="relative: the current directory first, then the drop")
+    parser.add_argument("--labels", help="found like --classes")
+    parser.add_argument("--split", action="append", help="a split to read (repeatable)")
+    parser.add_argument("--report-dir", help="default: reports/drops/<drop folder name>")
+    parser.add_argument("--max-pixels", type=int)
+    parser.add_argument("--min-side", type=int)
     parser.add_argument("--serve", action="store_true", help="serve as a deployment (trigger from the UI)")
     args = parser.parse_args(argv)
     if args.serve:
@@ -55,11 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.path:
         parser.error("a drop path is required unless --serve")
-    state = validate_drop(args.path, args.format, args.classes, args.labels, return_state=True)
-    if state.is_failed():
-        print(f"error: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+    state = validate_drop(args.path, args.format, args.classes, args.labels, args.split, args.report_dir,
+                          args.max_pixels, args.min_side, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if isinstance(summary, dict):  # validated (passed or not): the same lines as `wsss validate`, on stdout
+        for line in validation.report_lines(summary):
+            print(line)
+        return 0 if summary["success"] else 1
+    print(f"error: {state.message}", file=sys.stderr)
+    return 2 if state.is_failed() else 1
 
 
 if __name__ == "__main__":

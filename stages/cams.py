@@ -2,54 +2,56 @@
 
 The manifest is split into shards mapped over a Prefect task runner: threads on one machine by default,
 a Dask cluster (one worker per GPU) when `cams.dask_address` is set. Outputs do not depend on the shard
-count; finished images are skipped on a rerun.
+count. Each CAM file carries the key of its inputs (image, labels, every setting that changes the maps),
+so a rerun recomputes exactly the stale images, replacing them one by one: a bad setting or an interrupt
+never costs finished files.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
-from prefect import task, unmapped
-
-from stages.common import cam_split, main, stage_flow, with_task_runner
-from wsss.cam.runner import compute_shard
-from wsss.cam.factory import build_cam_engine, cam_engine_config
-from wsss.data.manifest import Dataset
-from wsss.params import section
-from wsss.shards import prepare_output_dir
-from wsss.metrics.plots import example_grid, example_rows
+from stages.common import cam_split, main, no_retry_on_user_error, shard_runner, stage
 
 OVERLAYS = "reports/cams/overlays.png"
 
 
-@task(name="cam-shard", retries=1)
-def cam_shard(ds: Dataset, cam_dir: str, params: dict, shard: int, shards: int):
-    factory = functools.partial(build_cam_engine, params, ds.vocab, shard=shard)
-    return compute_shard(ds, cam_dir, factory, shard, shards, progress=True)
+def cam_shard(ds, settings, settings_key: str, shard: int):
+    from wsss.cam.factory import build_cam_engine
+    from wsss.cam.runner import compute_shard
+
+    return compute_shard(ds, settings.cams.out, lambda: build_cam_engine(settings, ds.vocab, shard=shard),
+                         settings_key, shard, settings.cams.shards, progress=True)
 
 
-@stage_flow("cams", ["clip", "text", "cams"])
-def cams(params: dict, run) -> dict:
+@stage("cams", ["clip", "text", "cams"], task_runner=shard_runner("cams"))
+def cams(settings, run) -> dict:
     """Shard the manifest, map the shards over the task runner, log throughput and overlays."""
-    cfg = section(params, "cams")
-    ds = cam_split(params)
-    cam_dir = cfg["out"]
-    kept = prepare_output_dir(cam_dir, cam_engine_config(params), set(ds.table["id"]), ".npz")
-    print(f"{len(ds)} images in splits {cfg['splits']}; {kept} already done; {cfg['shards']} shard(s)")
+    from prefect import task, unmapped
+
+    from wsss.cam.factory import cam_settings_key, check_clip_source
+    from wsss.shards import remove_orphans
+    from wsss.metrics.plots import example_grid, example_rows
+
+    cfg = settings.cams
+    check_clip_source(settings.clip)
+    ds = cam_split(settings)
+    key = cam_settings_key(settings)
+    shard_task = task(cam_shard, name="cam-shard", retries=1, retry_condition_fn=no_retry_on_user_error)
     start = time.perf_counter()
-    futures = cam_shard.map(unmapped(ds), unmapped(cam_dir), unmapped(params), range(cfg["shards"]),
-                            unmapped(cfg["shards"]))
+    futures = shard_task.map(unmapped(ds), unmapped(settings), unmapped(key), range(cfg.shards))
     stats = [f.result() for f in futures]
     seconds = time.perf_counter() - start
+    removed = remove_orphans(cfg.out, set(ds.table["id"]), ".npz")
     computed = sum(s.computed for s in stats)
     metrics = {"images": len(ds), "computed": computed, "skipped": sum(s.skipped for s in stats),
-               "seconds": seconds, "images_per_second": computed / seconds if computed else 0.0,
+               "removed_orphans": removed, "seconds": seconds,
+               "images_per_second": computed / seconds if computed else 0.0,
                "megapixels_per_second": sum(s.pixels for s in stats) / 1e6 / seconds if computed else 0.0}
     run.log_metrics(metrics)
-    if len(ds) and cfg.get("overlays", 8):
-        rows, ids = example_rows(ds, cam_dir, mask_dir=cam_dir, n=cfg.get("overlays", 8))  # no masks yet
+    if len(ds) and cfg.overlays:
+        rows, ids = example_rows(ds, cfg.out, mask_dir=cfg.out, n=cfg.overlays)  # no masks yet
         grid = example_grid([r[:4] for r in rows], Path(OVERLAYS), titles=("image", "ground truth", "CAM", "CAA"),
                             row_labels=ids)
         run.log_artifact(grid, "overlays")
@@ -58,4 +60,4 @@ def cams(params: dict, run) -> dict:
 
 
 if __name__ == "__main__":
-    main(cams, configure=with_task_runner("cams"))
+    main(cams)

@@ -1,104 +1,128 @@
-"""The stage pattern: DVC `cmd` → `python -m stages.<name>` → a Prefect flow → library code.
+"""The stage pattern: DVC `cmd` → `python -m stages.<name>` → settings → Prefect flow → library code.
 
-`stage_flow` turns a stage body `body(params, run)` into a Prefect flow that opens the stage's MLflow run
-and turns user errors (`WsssError`) into a Failed state with a one-line message instead of a traceback.
-`main` runs such a flow from the command line and exits non-zero when it fails.
+`main(stage)` does the steps in the order that keeps a user's work safe and a failure short:
+1. read and validate all of `params.yaml` (`wsss.settings`): a typo exits 2 with one line, in about a
+   second, before anything heavy is imported or any output is touched;
+2. install the SIGINT/SIGTERM handlers (`wsss.interrupt`): a stop finishes the image in flight, ends
+   the MLflow run KILLED and exits 130/143;
+3. give the stage a Prefect API (`wsss.prefect_env.local_api`) and run its body as a Prefect flow that
+   opens one MLflow run (`wsss.tracking`) logging the stage's typed settings.
+User errors (`WsssError`) become a Failed state with a one-line message and exit code 1; they are never
+retried. Stage modules import their heavy dependencies inside the body, so step 1 stays fast.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from prefect import flow
-from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.states import Failed
-
 from wsss.errors import WsssError
-from wsss.params import load_params, section
-from wsss.tracking import StageRun, start_stage_run
+from wsss.interrupt import Interrupted, exit_code, handle_signals
+from wsss.settings import Settings, load_settings
 
 
-def declared_params(stage: str, params: dict[str, Any], sections: list[str]) -> dict[str, Any]:
-    """The params the stage declares in dvc.yaml (what `dvc.api.params_show` returns); outside a DVC
-    project, the stage's own sections of params.yaml."""
-    try:
-        import dvc.api
+@dataclass(frozen=True)
+class Stage:
+    """A DVC stage: its name, the params sections it declares in dvc.yaml, and its body
+    `body(settings, run) -> metrics`. `task_runner(settings)` may choose the flow's task runner."""
 
-        shown = dvc.api.params_show(stages=stage)
-        if shown:
-            return shown
-    except Exception:  # not a DVC repo, or stage not in dvc.yaml: fall back
-        pass
-    return {name: params.get(name) for name in sections}
+    name: str
+    sections: tuple[str, ...]
+    body: Callable[[Settings, Any], Any]
+    task_runner: Callable[[Settings], Any] | None = None
 
+    def flow(self, settings: Settings):
+        """The Prefect flow running the body inside the stage's MLflow run."""
+        from prefect import flow
+        from prefect.states import Failed
 
-def stage_flow(stage: str, sections: list[str], **flow_kwargs) -> Callable:
-    """Decorator: `body(params, run) -> result` becomes the Prefect flow of DVC stage `stage`."""
+        from wsss.tracking import start_stage_run
 
-    def decorate(body: Callable[[dict, StageRun], Any]):
-        def run_stage(params: dict) -> Any:
-            experiment = (params.get("tracking") or {}).get("experiment", "wsss")
-            uri = (params.get("tracking") or {}).get("uri")
+        def run_stage(settings: Settings) -> Any:
             try:
-                with start_stage_run(stage, declared_params(stage, params, sections),
-                                     experiment=experiment, uri=uri) as run:
-                    return body(params, run)
+                with start_stage_run(self.name, settings.sections(self.sections),
+                                     experiment=settings.tracking.experiment, uri=settings.tracking.uri) as run:
+                    return self.body(settings, run)
             except WsssError as e:
                 return Failed(message=str(e))
 
-        run_stage.__name__ = run_stage.__qualname__ = f"{stage}_stage"
-        run_stage.__doc__ = body.__doc__
-        return flow(name=stage, log_prints=True, validate_parameters=False, **flow_kwargs)(run_stage)
+        run_stage.__name__ = run_stage.__qualname__ = f"{self.name}_stage"
+        run_stage.__doc__ = self.body.__doc__
+        stage_flow = flow(name=self.name, log_prints=True, validate_parameters=False)(run_stage)
+        if self.task_runner is not None:
+            stage_flow = stage_flow.with_options(task_runner=self.task_runner(settings))
+        return stage_flow
 
-    return decorate
+
+def stage(name: str, sections: list[str], task_runner: Callable | None = None) -> Callable[[Callable], Stage]:
+    """Decorator: a stage body becomes the `Stage` of DVC stage `name`."""
+    return lambda body: Stage(name, tuple(sections), body, task_runner)
 
 
-def main(stage_flow_fn, configure: Callable | None = None) -> None:
-    """Run a stage flow with params.yaml; print a failure as one line on stderr and exit 1.
-
-    `configure(flow, params)` may return the flow with other options (e.g. its task runner)."""
+def no_retry_on_user_error(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry transient failures only; a user error or a stop never changes
+    on a second try."""
     try:
-        params = load_params()
-        if configure is not None:
-            stage_flow_fn = configure(stage_flow_fn, params)
+        state.result()
+    except (WsssError, Interrupted):
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def main(stage: Stage) -> None:
+    """Run a stage from the command line; exit 0, 1 (the stage failed), 2 (bad settings) or 130/143."""
+    try:
+        settings = load_settings()
     except WsssError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    state = stage_flow_fn(params, return_state=True)
-    if state.is_failed():
-        print(f"error: {stage_flow_fn.name} failed: {state.message}", file=sys.stderr)
+    try:
+        with handle_signals():
+            from wsss.prefect_env import local_api
+
+            with local_api():
+                state = stage.flow(settings)(settings, return_state=True)
+    except (KeyboardInterrupt, Interrupted):
+        print(f"interrupted: {stage.name} stopped; finished outputs are kept, a rerun resumes", file=sys.stderr)
+        raise SystemExit(exit_code())
+    except WsssError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
+    if state.is_failed() or state.is_crashed():
+        print(f"error: {stage.name} failed: {state.message}", file=sys.stderr)
         raise SystemExit(1)
 
 
-def cam_split(params: dict):
+def cam_split(settings: Settings):
     """The prepared images of the splits the `cams` stage covers (and so `masks` and `evaluate_masks`)."""
     from wsss.data.manifest import Dataset, read_dataset
 
-    ds = read_dataset(section(params, "data")["prepared"])
-    keep = ds.table["split"].isin(section(params, "cams")["splits"])
+    ds = read_dataset(settings.data.prepared)
+    keep = ds.table["split"].isin(settings.cams.splits)
     return Dataset(ds.table[keep].reset_index(drop=True), ds.vocab, ds.root, ds.name)
 
 
-def with_task_runner(stage: str) -> Callable:
-    """`configure` for per-image stages: shards map over threads by default, over a Dask cluster when
-    `<stage>.dask_address` names a scheduler (`local` = a LocalCluster with one worker per visible GPU,
+def shard_runner(section: str) -> Callable[[Settings], Any]:
+    """`task_runner` for per-image stages: shards map over threads by default, over a Dask cluster when
+    `<section>.dask_address` names a scheduler (`local` = a LocalCluster with one worker per visible GPU,
     or one per shard on CPU)."""
 
-    def configure(stage_flow_fn, params: dict):
-        cfg = section(params, stage)
-        shards = max(1, int(cfg.get("shards", 1)))
-        address = cfg.get("dask_address")
-        if not address:
-            return stage_flow_fn.with_options(task_runner=ThreadPoolTaskRunner(max_workers=shards))
+    def choose(settings: Settings):
+        cfg = getattr(settings, section)
+        if not cfg.dask_address:
+            from prefect.task_runners import ThreadPoolTaskRunner
+
+            return ThreadPoolTaskRunner(max_workers=cfg.shards)
         from prefect_dask import DaskTaskRunner
 
-        if address == "local":
+        if cfg.dask_address == "local":
             import torch
 
-            workers = torch.cuda.device_count() or shards
-            return stage_flow_fn.with_options(task_runner=DaskTaskRunner(
-                cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True}))
-        return stage_flow_fn.with_options(task_runner=DaskTaskRunner(address=address))
+            workers = torch.cuda.device_count() or cfg.shards
+            return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+        return DaskTaskRunner(address=cfg.dask_address)
 
-    return configure
+    return choose

@@ -1,74 +1,87 @@
 """DVC stage `evaluate_masks`: how good are the pseudo masks?
 
-For every split with ground truth: mIoU, per-class IoU/precision/recall, confusion matrix, ignored share
-(`reports/pseudo/<split>/`), plots and an example grid (`reports/pseudo/plots/`), and the ablation
-CAM → + CAA → + CRF plus the background exponent α ∈ {1, 2} (`reports/pseudo/ablation.md`). The same
-numbers go to DVC metrics (`reports/pseudo/metrics.json`) and to the MLflow run.
+For every split with ground truth: mIoU and the other scalars (`reports/pseudo/metrics.json`, DVC
+metrics, git-tracked so `dvc exp show` compares experiments), per-class IoU (`per_class.json`), per-split
+tables (`tables/<split>/`: per-class CSV for `dvc plots`, confusion matrix), the ablation CAM → + CAA →
++ CRF plus the background exponent α (`ablation.md`), and figures (`plots/`, DVC-cached). The same
+numbers go to the MLflow run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from stages.common import cam_split, main, stage_flow
-from stages.masks import mask_params
-from wsss.io import atomic_dir, write_json, write_text
-from wsss.masks.export import MaskParams
-from wsss.metrics.evaluate import (AblationRow, ablation, ablation_markdown, default_ablation_rows, evaluate_masks,
-                                   metrics_summary, splits_with_gt, write_report)
-from wsss.metrics.plots import example_grid, example_rows
-from wsss.params import section
+from stages.common import cam_split, main, stage
 
 
-def alpha_rows(alphas: list[float]) -> list[AblationRow]:
+def alpha_rows(alphas):
     """CAM-only and CAA-refined labelling (argmax, no CRF) for each background exponent α."""
+    from wsss.masks.export import MaskParams
+    from wsss.metrics.evaluate import AblationRow
+
     return [AblationRow(f"{name} α={a:g}", MaskParams(source=source, alpha=a, crf=None))
             for source, name in (("cam", "CAM"), ("refined", "CAA")) for a in alphas]
 
 
-@stage_flow("evaluate_masks", ["evaluate_masks"])
-def evaluate(params: dict, run) -> dict:
+@stage("evaluate_masks", ["evaluate_masks"])
+def evaluate(settings, run) -> dict:
     """Score the pseudo masks against ground truth; write metrics, plots, the ablation table."""
-    cfg = section(params, "evaluate_masks")
-    out = Path(cfg["out"])
+    from wsss.io import atomic_dir
+
+    out = Path(settings.evaluate_masks.out)
     with atomic_dir(out) as tmp:  # a failed evaluation leaves the previous report whole
-        metrics = write_reports(params, cfg, tmp)
+        metrics, per_class = write_reports(settings, tmp)
     for split, values in metrics.items():
         run.log_metrics({f"{split}.{k}": v for k, v in values.items()})
+    run.log_metrics({f"{split}.iou.{c}": v for split, ious in per_class.items() for c, v in ious.items()})
     run.log_artifact(out, "pseudo")
     if (out / "ablation.md").exists():
         print((out / "ablation.md").read_text())
     return metrics
 
 
-def write_reports(params: dict, cfg: dict, out: Path) -> dict:
-    cam_dir, mask_dir = section(params, "cams")["out"], section(params, "masks")["out"]
-    ds = cam_split(params)
+def write_reports(settings, out: Path) -> tuple[dict, dict]:
+    from wsss.io import write_json, write_text
+    from wsss.masks.export import mask_params
+    from wsss.metrics.evaluate import (ablation, ablation_markdown, default_ablation_rows, evaluate_masks,
+                                       metrics_summary, splits_with_gt, write_report)
+    from wsss.metrics.plots import example_grid, example_rows
+
+    cfg, cam_dir, mask_dir = settings.evaluate_masks, settings.cams.out, settings.masks.out
+    ds = cam_split(settings)
     splits = splits_with_gt(ds)
     metrics: dict = {}
+    per_class: dict = {}
+    for folder in ("tables", "plots"):  # DVC outputs: present even when no split has ground truth
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    write_text(out / "ablation.md", "# Pseudo-mask ablation\n\nNo split with ground truth: nothing to score.\n")
     for split in splits:
         result = evaluate_masks(ds, mask_dir, split=split)
-        write_report(result, ds.vocab, out / split, plots=False)
+        write_report(result, ds.vocab, out / "tables" / split, plots=False)
         _plots(result, ds.vocab, out / "plots", split)
-        metrics[split] = metrics_summary(result)
+        summary = metrics_summary(result)
+        per_class[split] = summary.pop("iou")
+        summary.pop("split", None)
+        metrics[split] = summary
         print(f"{split}: mIoU {result['miou']:.4f} ({result['images']} images, "
               f"{result['ignored_fraction']:.2%} pixels ignored)")
     if splits:
-        split = cfg.get("ablation_split") or splits[0]
-        mp = mask_params(params)
+        split = cfg.ablation_split or splits[0]
+        mp = mask_params(settings.masks)
         steps = default_ablation_rows(alpha=mp.alpha, crf=mp.crf, confidence=mp.confidence)
-        table = ablation(ds, cam_dir, rows=steps + alpha_rows(cfg["alphas"]), split=split,
-                         workers=cfg.get("workers") or None)
+        table = ablation(ds, cam_dir, rows=steps + alpha_rows(cfg.alphas), split=split,
+                         workers=cfg.workers or None)
         n = len(steps)
         write_text(out / "ablation.md", "# Pseudo-mask ablation\n\n"
                    + ablation_markdown(dict(table, rows=table["rows"][:n]), ds.vocab)
                    + "\n## Background exponent α (bg = (1 − max CAM)^α, argmax, no CRF)\n\n"
                    + ablation_markdown(dict(table, rows=table["rows"][n:]), ds.vocab))
         metrics["ablation"] = {r["name"]: r["miou"] for r in table["rows"]}
-        rows, ids = example_rows(ds, cam_dir, mask_dir, n=cfg["examples"])
+        rows, ids = example_rows(ds, cam_dir, mask_dir, n=cfg.examples)
         example_grid(rows, out / "plots" / "examples.png", row_labels=ids)
     write_json(out / "metrics.json", metrics)
-    return metrics
+    write_json(out / "per_class.json", per_class)
+    return metrics, per_class
 
 
 def _plots(result: dict, vocab, plot_dir: Path, split: str) -> None:

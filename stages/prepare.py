@@ -8,53 +8,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
-
-from stages.common import main, stage_flow
-from wsss.data.manifest import Dataset, write_dataset
-from wsss.data.readers import read_dataset_source
-from wsss.errors import DataError
-from wsss.io import atomic_dir, write_json
-from wsss.params import section
-from wsss.validation import validate_dataset
+from stages.common import main, stage
 
 
-@task(name="read")
-def read(data: dict) -> Dataset:
-    return read_dataset_source(data["root"], format=data.get("format", "auto"), classes=data.get("classes"),
-                               splits=data.get("splits"), labels=data.get("labels"))
-
-
-@task(name="validate")
-def validate(ds: Dataset, report_dir: Path, rules: dict):
-    return validate_dataset(ds, report_dir, **rules)
-
-
-@task(name="write")
-def write(ds: Dataset, out_dir: Path, summary: dict) -> None:
-    with atomic_dir(out_dir) as tmp:
-        write_dataset(ds, tmp)
-        write_json(tmp / "validation.json", summary)
-
-
-@stage_flow("prepare", ["data", "validation"])
-def prepare(params: dict, run) -> dict:
+@stage("prepare", ["data", "validation"])
+def prepare(settings, run) -> dict:
     """Read → validate (Great Expectations) → write the manifest, refusing a failing drop."""
-    data, rules = section(params, "data"), dict(section(params, "validation"))
-    ds = read(data)
-    print(f"read {len(ds)} images, {ds.vocab.num_classes} classes from {data['root']}")
-    report_dir = Path(rules.pop("report_dir", "reports/validation"))
-    result = validate(ds, report_dir, rules)
+    from prefect import task
+
+    from wsss.data.manifest import write_dataset
+    from wsss.data.readers import read_dataset_source
+    from wsss.errors import DataError
+    from wsss.io import atomic_dir, write_json
+    from wsss.validation import validate_dataset
+
+    data, rules = settings.data, settings.validation
+    ds = task(read_dataset_source, name="read")(data.root, format=data.format, classes=data.classes,
+                                                splits=data.splits, labels=data.labels)
+    print(f"read {len(ds)} images, {ds.vocab.num_classes} classes from {data.root}")
+    report_dir = Path(rules.report_dir)
+    result = task(validate_dataset, name="validate")(ds, report_dir, max_pixels=rules.max_pixels,
+                                                     min_side=rules.min_side)
     run.log_dict(result.summary, "validation/summary.json")
     run.log_artifact(report_dir, "validation")
     run.log_metrics({"images": len(ds), "classes": ds.vocab.num_classes,
                      "validation.failed_expectations": len(result.verdicts)})
+    for line in result.summary.get("warnings", []):
+        print(line)
     if not result.success:  # the verdicts are the message: they must not depend on the log level
-        raise DataError(f"{data['root']}: dataset refused, {len(result.verdicts)} expectation(s) failed "
-                        f"(report: {report_dir}); {data['prepared']} left unchanged\n" + "\n".join(result.verdicts))
-    write(ds, Path(data["prepared"]), result.summary)
-    run.log_artifact(Path(data["prepared"]) / "manifest.csv", "prepared")
-    run.log_artifact(Path(data["prepared"]) / "classes.json", "prepared")
+        raise DataError(f"{data.root}: dataset refused, {len(result.verdicts)} expectation(s) failed "
+                        f"(report: {report_dir}); {data.prepared} left unchanged\n" + "\n".join(result.verdicts))
+
+    @task(name="write")
+    def write() -> None:
+        with atomic_dir(data.prepared) as tmp:
+            write_dataset(ds, tmp)
+            write_json(tmp / "validation.json", result.summary)
+
+    write()
+    run.log_artifact(Path(data.prepared) / "manifest.csv", "prepared")
+    run.log_artifact(Path(data.prepared) / "classes.json", "prepared")
     return {"images": len(ds)}
 
 

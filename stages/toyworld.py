@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from stages.common import main, stage_flow
-from wsss.io import atomic_dir
-from wsss.params import section
-from wsss.toyworld import generate_toyworld
+from stages.common import main, stage
 
 
-@stage_flow("toyworld", ["toyworld"])
-def toyworld(params: dict, run) -> dict:
+@stage("toyworld", ["toyworld"])
+def toyworld(settings, run) -> dict:
     """Generate the toy world into a temporary folder and swap it in whole."""
-    cfg = dict(section(params, "toyworld"))
-    root = cfg.pop("root")
-    with atomic_dir(root) as tmp:
-        stats = generate_toyworld(tmp, **cfg)
+    from wsss.io import atomic_dir
+    from wsss.toyworld import generate_from_settings
+
+    with atomic_dir(settings.toyworld.root) as tmp:
+        stats = generate_from_settings(tmp, settings.toyworld)
     run.log_dict(stats, "toyworld_stats.json")
     run.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
     return stats

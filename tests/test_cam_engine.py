@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from test_cam_reference import one_thread  # noqa: F401  (autouse fixture for this module)
 from test_cam_reference import ReferenceClipEs, random_image, tiny_clip
 
-from wsss.cam.engine import CamConfig, CamEngine, size_groups, upsample
+from wsss.settings import CamsSettings
+from wsss.cam.engine import CamEngine, size_groups, upsample
 from wsss.cam.gradcam import softmax_gradcam
 from wsss.clip.dense import DenseViT, preprocess
 from wsss.errors import ConfigError
@@ -35,7 +36,7 @@ def test_one_pass_equals_per_class_reference(setup, class_chunk, size, classes):
     model, class_text, bg_text = setup
     image = random_image(*size, seed=sum(size))
     ref = ReferenceClipEs(model, class_text, bg_text)(image, classes)
-    out = CamEngine(model, class_text, bg_text, CamConfig(class_chunk=class_chunk or 8))(image, classes)
+    out = CamEngine(model, class_text, bg_text, CamsSettings(class_chunk=class_chunk or 8))(image, classes)
     assert out.cam.shape == out.refined.shape == (len(classes), size[1], size[0])
     assert out.cam.dtype == np.float32
     for key in ("cam_grid", "cam", "refined_grid", "refined"):
@@ -53,7 +54,7 @@ def test_weak_maps_are_normalised_twice_as_the_reference(setup):
         weak.logit_scale.fill_(float(np.log(1e-3)))
     image, classes = random_image(40, 32, seed=3), [0, 2, 3]
     ref = ReferenceClipEs(weak, class_text, bg_text)(image, classes)
-    engine = CamEngine(weak, class_text, bg_text, CamConfig())
+    engine = CamEngine(weak, class_text, bg_text, CamsSettings())
     out = engine(image, classes)
     for key in ("cam_grid", "cam", "refined_grid", "refined"):
         np.testing.assert_allclose(getattr(out, key), ref[key], atol=TOL, rtol=0, err_msg=key)
@@ -69,7 +70,7 @@ def test_class_and_token_chunks_give_the_same_maps(setup):
     classes = [4, 0, 2, 1, 3]
     ref = ReferenceClipEs(model, class_text, bg_text)(image, classes)
     for chunk, tokens in ((2, None), (3, 5), (None, 7)):
-        out = CamEngine(model, class_text, bg_text, CamConfig(class_chunk=chunk, token_chunk=tokens))(image, classes)
+        out = CamEngine(model, class_text, bg_text, CamsSettings(class_chunk=chunk, token_chunk=tokens))(image, classes)
         for key in ("cam_grid", "refined"):
             np.testing.assert_allclose(getattr(out, key), ref[key], atol=TOL, rtol=0, err_msg=f"{key} {chunk}")
 
@@ -94,8 +95,9 @@ def test_gradients_equal_per_class_autograd(setup):
         probs = (scale * F.normalize(e, dim=-1) @ texts.T).softmax(-1)
         per_class.append(torch.autograd.grad(probs[0, k], z)[0][0, 1:].mean(0))
     expected = torch.relu(torch.stack(per_class) @ z.detach()[0, 1:].T).view(2, 3, 5)
-    expected = expected - expected.flatten(1).amin(1)[:, None, None]
-    expected = expected / (expected.flatten(1).amax(1)[:, None, None] + 1e-7)
+    for _ in range(2):  # per target layer, then after the layer mean, as CLIP-ES
+        expected = expected - expected.flatten(1).amin(1)[:, None, None]
+        expected = expected / (expected.flatten(1).amax(1)[:, None, None] + 1e-7)
     for chunk in (1, 2):
         res = softmax_gradcam(dense, x, (3, 5), class_text[[0, 3]], bg_text, scale, class_chunk=chunk)
         torch.testing.assert_close(res.cam_grid, expected, atol=TOL, rtol=0)
@@ -127,17 +129,17 @@ def test_no_classes_refine_off_and_bad_index(setup):
     engine = CamEngine(model, class_text, bg_text)
     out = engine(random_image(30, 20), [])
     assert out.cam.shape == out.refined.shape == (0, 20, 30)
-    plain = CamEngine(model, class_text, bg_text, CamConfig(refine=False))(random_image(30, 20), [1])
+    plain = CamEngine(model, class_text, bg_text, CamsSettings(refine=False))(random_image(30, 20), [1])
     assert plain.refined is None and plain.cam.shape == (1, 20, 30)
     full = engine(random_image(30, 20), [1])
     np.testing.assert_allclose(plain.cam, full.cam, atol=1e-6)
     with pytest.raises(ValueError):
         engine(random_image(30, 20), [5])
     with pytest.raises(ConfigError):
-        CamConfig(amp="int8")
+        CamsSettings(amp="int8")
     with pytest.raises(ConfigError):
-        CamConfig(grad_mode="replicate")
-    loop = CamEngine(model, class_text, bg_text, CamConfig(grad_mode="loop"))(random_image(30, 20), [1, 3])
+        CamsSettings(grad_mode="replicate")
+    loop = CamEngine(model, class_text, bg_text, CamsSettings(grad_mode="loop"))(random_image(30, 20), [1, 3])
     np.testing.assert_allclose(loop.cam, engine(random_image(30, 20), [1, 3]).cam, atol=1e-6)
 
 

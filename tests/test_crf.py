@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from wsss.errors import ConfigError
-from wsss.masks.crf import CrfParams, crf_refine, dense_crf
+from wsss.masks.crf import crf_refine, dense_crf
+from wsss.settings import CrfSettings, parse_settings
 
 H, W, EDGE = 30, 40, 20
 
@@ -42,7 +43,7 @@ def test_iterations_parameter_is_used():
     q0 = dense_crf(image, probs, iterations=0)  # no message passing: just the normalised unary
     np.testing.assert_allclose(q0, probs / probs.sum(0), atol=1e-4)
     q1 = dense_crf(image, probs, iterations=1)
-    q10 = crf_refine(image, probs, CrfParams(iterations=10))
+    q10 = crf_refine(image, probs, CrfSettings(iterations=10))
     assert not np.allclose(q1, q10, atol=1e-3)
     assert set(boundary(q10)) == {EDGE}
 
@@ -71,16 +72,16 @@ def test_bad_unary_shape():
         dense_crf(edge_image(), np.ones((H, W), np.float32))
 
 
-def test_params_from_dict():
-    assert CrfParams.from_dict(None) == CrfParams()
-    p = CrfParams.from_dict({"bilateral_sxy": 50, "iterations": 5})
+def test_crf_settings():
+    assert parse_settings({"masks": {"crf": None}}).masks.crf == CrfSettings()
+    p = parse_settings({"masks": {"crf": {"bilateral_sxy": 50, "iterations": 5}}}).masks.crf
     assert (p.bilateral_sxy, p.iterations, p.gaussian_compat) == (50, 5, 3.0)
-    with pytest.raises(ConfigError, match="bilateral_sx"):
-        CrfParams.from_dict({"bilateral_sx": 50})
+    with pytest.raises(ConfigError, match="masks.crf.bilateral_sx: unknown setting; did you mean masks.crf.bilateral_sxy"):
+        parse_settings({"masks": {"crf": {"bilateral_sx": 50}}})
     with pytest.raises(ConfigError, match="iterations"):
-        CrfParams(iterations=-1)
+        CrfSettings(iterations=-1)
     with pytest.raises(ConfigError, match="integer"):
-        CrfParams(iterations=2.5)
+        CrfSettings(iterations=2.5)
 
 
 def test_read_only_image_is_accepted():

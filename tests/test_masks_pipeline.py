@@ -14,7 +14,7 @@ from wsss.cam.store import cam_path, save_cam
 from wsss.data.manifest import make_table, read_dataset, write_dataset, Dataset
 from wsss.data.vocab import Vocabulary
 from wsss.errors import DataError
-from wsss.masks.crf import CrfParams
+from wsss.settings import CrfSettings
 from wsss.masks.export import MaskParams, export_masks
 from wsss.masks.palette import load_mask, save_palette_png
 from wsss.metrics.evaluate import (AblationRow, ablation, ablation_markdown, default_ablation_rows, evaluate_masks,
@@ -92,15 +92,19 @@ def test_export_is_independent_of_workers_and_shards(dataset, masks_dir, tmp_pat
     assert _bytes(parallel) == _bytes(masks_dir) == _bytes(sharded)
 
 
-def test_export_resumes_and_skips_existing(dataset, tmp_path):
+def test_export_resumes_and_replaces_only_stale_masks(dataset, tmp_path):
     out = tmp_path / "m"
-    out.mkdir()
-    (out / "b.png").write_bytes(b"already done")  # a previous, interrupted run finished b
-    stats = export_masks(dataset, dataset.root / "cams", out, MaskParams(crf=None), workers=1, progress=False)
-    assert (stats["written"], stats["skipped"]) == (3, 1)
-    assert (out / "b.png").read_bytes() == b"already done"
+    first = export_masks(dataset, dataset.root / "cams", out, MaskParams(crf=None), workers=1, progress=False)
+    assert (first["written"], first["skipped"]) == (4, 0)
+    (out / "b.png").unlink()  # an interrupted run had not finished b
+    (out / "c.png").write_bytes(b"not a mask")  # nor this one (no key)
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
     again = export_masks(dataset, dataset.root / "cams", out, MaskParams(crf=None), progress=False)
-    assert (again["written"], again["skipped"]) == (0, 4)
+    assert (again["written"], again["skipped"]) == (2, 2)
+    assert all((out / n).stat().st_mtime_ns == t for n, t in stamp.items() if n not in ("b.png", "c.png"))
+    other = export_masks(dataset, dataset.root / "cams", out, MaskParams(crf=None, alpha=2.0), workers=1,
+                         progress=False)  # other settings: every mask is stale, replaced one by one
+    assert (other["written"], other["skipped"]) == (4, 0)
     assert not list(out.glob(".*"))  # no temp files
 
 
@@ -165,7 +169,7 @@ def test_ablation_rows_improve(dataset):
 
 def test_ablation_is_the_same_in_parallel_and_with_tuple_rows(dataset):
     rows = [("CAM", MaskParams(source="cam", crf=None)),
-            AblationRow("+ CRF", MaskParams(crf=CrfParams(iterations=3)), dataset.root / "cams")]
+            AblationRow("+ CRF", MaskParams(crf=CrfSettings(iterations=3)), dataset.root / "cams")]
     one = ablation(dataset, dataset.root / "cams", rows=rows, workers=1, progress=False)
     two = ablation(dataset, dataset.root / "cams", rows=rows, workers=2, progress=False)
     assert one == two and one["split"] is None and one["images"] == 3

@@ -5,8 +5,8 @@ import pytest
 
 from wsss.cam.store import CamRecord
 from wsss.errors import ConfigError
-from wsss.masks.crf import CrfParams
-from wsss.masks.export import MaskParams, export_mask
+from wsss.settings import CrfSettings, MasksSettings, parse_settings
+from wsss.masks.export import MaskParams, export_mask, mask_params
 from wsss.masks.pseudo import argmax_labels, background_score, confidence_mask, stack_with_background
 
 
@@ -61,9 +61,9 @@ def test_export_mask_modes():
     record = _record([5], cam)
     plain = export_mask(image, record, crf=None)
     assert plain.tolist() == (np.where(np.arange(12) >= 4, 5, 0)[None].repeat(10, 0)).tolist()
-    refined = export_mask(image, record, crf=CrfParams(), confidence=0.5)
+    refined = export_mask(image, record, crf=CrfSettings(), confidence=0.5)
     assert refined.dtype == np.uint8 and set(np.unique(refined)) <= {0, 5, 255}
-    strict = export_mask(image, record, crf=CrfParams(), confidence=1.0)
+    strict = export_mask(image, record, crf=CrfSettings(), confidence=1.0)
     assert (strict == 255).any()  # nothing is 100 % certain after the CRF
 
 
@@ -73,15 +73,15 @@ def test_export_mask_without_labels_is_background():
     assert export_mask(None, record).shape == (4, 5)
 
 
-def test_mask_params_from_dict():
-    assert MaskParams.from_dict({}) == MaskParams()
-    p = MaskParams.from_dict({"source": "cam", "alpha": 2, "crf": {"iterations": 3}, "confidence": 0.9})
+def test_mask_params_from_settings():
+    assert mask_params(MasksSettings()) == MaskParams()
+    p = mask_params(parse_settings({"masks": {"source": "cam", "alpha": 2, "crf": {"iterations": 3},
+                                              "confidence": 0.9}}).masks)
     assert (p.source, p.alpha, p.crf.iterations, p.confidence) == ("cam", 2, 3, 0.9)
-    assert MaskParams.from_dict({"crf": None}).crf is None
-    assert MaskParams.from_dict({"use_crf": False, "crf": {"iterations": 3}}).crf is None
-    with pytest.raises(ConfigError, match="source"):
-        MaskParams.from_dict({"source": "attn"})
-    with pytest.raises(ConfigError, match="unknown"):
-        MaskParams.from_dict({"aplha": 2})
+    assert mask_params(MasksSettings(use_crf=False, crf=CrfSettings(iterations=3))).crf is None
+    with pytest.raises(ConfigError, match="masks.source: expected one of refined/cam, got 'attn'"):
+        MasksSettings(source="attn")
+    with pytest.raises(ConfigError, match="masks.aplha: unknown setting; did you mean masks.alpha"):
+        parse_settings({"masks": {"aplha": 2}})
     with pytest.raises(ConfigError, match="confidence"):
-        MaskParams(confidence=1.5)
+        MasksSettings(confidence=1.5)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.toy_quality import load_split, recognition, segmentation
-from wsss.cam.engine import CamConfig, CamEngine
+from wsss.settings import CamsSettings
+from wsss.cam.engine import CamEngine
 from wsss.clip.model import load_clip
 from wsss.clip.text import encode_class_texts
 from wsss.toyworld import generate_toyworld
@@ -36,7 +37,7 @@ def measured(tmp_path_factory):
     ids = load_split(root, "val", None)
     rec = recognition(model, class_text, root, ids, classes)
     planted = json.loads((root / "stats.json").read_text())["cooccurrence"]
-    engine = CamEngine(model, class_text, bg_text, CamConfig(), "cpu")
+    engine = CamEngine(model, class_text, bg_text, CamsSettings(), "cpu")
     seg = segmentation(engine, root, ids, classes, [1.0], caa=True, planted=planted)
     return rec, seg
 

@@ -207,3 +207,38 @@ def test_mask_missing_and_not_convertible(tmp_path):
 def test_report_must_not_go_inside_the_drop(voc):
     with pytest.raises(ConfigError, match="must not be inside the dataset root"):
         validate_dataset(read_voc(voc), voc / "report")
+
+
+def test_split_list_naming_an_id_twice_fails_once_naming_it(voc, tmp_path):
+    from wsss.data.readers import read_dataset_source
+
+    train = voc / "ImageSets" / "Segmentation" / "train.txt"
+    train.write_text(train.read_text() + f"{VOC_IDS[0]}\n")
+    ds = read_dataset_source(voc)
+    assert len(ds) == 6  # still one row per image: the repeat is noted, not dropped silently
+    res = validate(ds, tmp_path)
+    assert failed(res) == {"listed_once"}
+    assert verdict(res, "listed_once") == (f"FAIL each image is listed once: 1 image — {VOC_IDS[0]} "
+                                           f"(JPEGImages/{VOC_IDS[0]}.jpg: listed 2 times in "
+                                           f"ImageSets/Segmentation/train.txt)")
+
+
+def test_custom_image_listed_twice_fails_once(tmp_path):
+    rows = [{"image": "a.png", "labels": "cat"}, {"image": "b.png", "labels": "dog"}]
+    root = make_custom(tmp_path / "c", rows=rows)
+    with open(root / "labels.csv", "a") as f:
+        f.write('"a.png","dog"\n')  # the same image again, with other labels
+    ds = read_custom(root)
+    assert len(ds) == 2 and ds.table.set_index("id").loc["a", "labels"] == (1,)  # the first entry is used
+    res = validate(ds, tmp_path)
+    assert failed(res) == {"listed_once"}  # not also "unique id" and "duplicate content"
+    assert verdict(res, "listed_once") == ("FAIL each image is listed once: 1 image — a "
+                                           "(images/a.png: listed 2 times in labels.csv (entries 1, 3))")
+
+
+def test_default_limits_come_from_the_settings():
+    from wsss.data.images import DEFAULT_MAX_PIXELS
+    from wsss.settings import ValidationSettings
+    from wsss.validation.table import DEFAULT_MIN_SIDE
+
+    assert (DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE) == (ValidationSettings().max_pixels, ValidationSettings().min_side)

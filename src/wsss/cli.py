@@ -14,6 +14,7 @@ import typer
 
 from wsss.errors import WsssError
 from wsss.prefect_env import apply_prefect_defaults
+from wsss.settings import ToyworldSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + SemPLeS), as a "
@@ -23,7 +24,7 @@ STAGES = ["toyworld", "prepare", "cams", "masks", "evaluate_masks"]
 
 
 def _project_root() -> Path:
-    from wsss.tracking.runs import project_root
+    from wsss.settings import project_root
 
     root = project_root()
     if not (root / "dvc.yaml").exists():
@@ -50,36 +51,45 @@ def stage(name: str = typer.Argument(..., help=f"One of: {', '.join(STAGES)}."))
 @app.command()
 def validate(path: Path = typer.Argument(..., help="Dataset root (a drop) to validate."),
              format: str = typer.Option("auto", help="voc | coco | custom | auto."),
-             classes: Optional[Path] = typer.Option(None, help="Class list (JSON or one name per line)."),
-             labels: Optional[Path] = typer.Option(None, help="Labels file (custom CSV/JSON, COCO labels)."),
+             classes: Optional[Path] = typer.Option(None, help="Class list (JSON or one name per line); a "
+                                                    "relative path: current directory first, then the drop."),
+             labels: Optional[Path] = typer.Option(None, help="Labels file (custom CSV/JSON, COCO labels); "
+                                                   "found like --classes."),
              split: Optional[list[str]] = typer.Option(None, help="Splits to read (repeatable)."),
-             report_dir: Path = typer.Option(Path("reports/validation"), help="Where the GX report goes."),
-             max_pixels: int = typer.Option(50_000_000, help="Refuse images with more pixels (bombs)."),
-             min_side: int = typer.Option(16, help="Refuse images with a smaller side.")):
-    """Validate a dataset drop with Great Expectations; exit 1 and name each defect if it fails."""
-    from wsss.data.readers import read_dataset_source
-    from wsss.validation import validate_dataset
+             report_dir: Optional[Path] = typer.Option(None, help="Where the report goes "
+                                                       "[default: reports/drops/<drop folder name>]."),
+             max_pixels: Optional[int] = typer.Option(None, help="Refuse images with more pixels (bombs) "
+                                                      "[default: ValidationSettings.max_pixels]."),
+             min_side: Optional[int] = typer.Option(None, help="Refuse images with a smaller side "
+                                                    "[default: ValidationSettings.min_side].")):
+    """Validate a dataset drop with Great Expectations; exit 1 and name each defect if it fails.
+    Works anywhere (no project needed); warnings (converted grayscale/CMYK/alpha images) are printed too."""
+    from wsss.validation import report_lines, validate_drop
 
-    ds = read_dataset_source(path, format=format, classes=classes, splits=split, labels=labels)
-    result = validate_dataset(ds, report_dir, max_pixels=max_pixels, min_side=min_side)
-    for line in result.verdicts:
+    result = validate_drop(path, format=format, classes=classes, labels=labels, splits=split,
+                           report_dir=report_dir, max_pixels=max_pixels, min_side=min_side)
+    for line in report_lines(result.summary):
         typer.echo(line)
-    verdict = "PASSED" if result.success else "FAILED"
-    typer.echo(f"{verdict}: {len(ds)} images, {len(result.verdicts)} failing expectation(s); "
-               f"report: {result.summary.get('data_docs', report_dir)}")
     raise typer.Exit(0 if result.success else 1)
 
 
-@app.command()
-def toyworld(out: Path = typer.Argument(Path("data/raw/toyworld"), help="Output dataset root."),
-             num_train: int = typer.Option(1000), num_val: int = typer.Option(300),
-             image_size: int = typer.Option(64), seed: int = typer.Option(0)):
-    """Generate the embedded toy world (VOC format) deterministically from a seed."""
-    from wsss.io import atomic_dir
-    from wsss.toyworld import generate_toyworld
+_TOY = ToyworldSettings()
 
+
+@app.command()
+def toyworld(out: Path = typer.Argument(..., help="Output dataset root (replaced as a whole; the pipeline's own "
+                                                  f"world is the toyworld stage's, {_TOY.root})."),
+             num_train: int = typer.Option(_TOY.num_train), num_val: int = typer.Option(_TOY.num_val),
+             image_size: int = typer.Option(_TOY.image_size), seed: int = typer.Option(_TOY.seed)):
+    """Generate a toy world (VOC format) deterministically from a seed; other settings as params.yaml's."""
+    from dataclasses import replace
+
+    from wsss.io import atomic_dir
+    from wsss.toyworld import generate_from_settings
+
+    settings = replace(_TOY, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
     with atomic_dir(out) as tmp:
-        stats = generate_toyworld(tmp, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+        stats = generate_from_settings(tmp, settings)
     typer.echo(f"wrote {out}: {stats}")
 
 
@@ -114,15 +124,15 @@ def select_template_cmd(split: str = typer.Option("train", help="Split of the pr
     from wsss.data.images import load_rgb
     from wsss.data.manifest import read_dataset
     from wsss.io import write_json
-    from wsss.params import load_params, section
+    from wsss.settings import load_settings
 
-    params = load_params()
-    clip, text = section(params, "clip"), section(params, "text")
-    ds = read_dataset(section(params, "data")["prepared"]).split(split)
+    settings = load_settings()
+    clip, text = settings.clip, settings.text
+    ds = read_dataset(settings.data.prepared).split(split)
     rows = ds.table[ds.table["labels"].map(len) >= 2]
     pairs = ((load_rgb(ds.image_path(r)), [c - 1 for c in r["labels"]]) for _, r in islice(rows.iterrows(), limit))
-    model, tokenizer = load_clip(clip["model"], clip.get("pretrained"), device=_device(clip.get("device")))
-    names = fuse_synonyms(ds.vocab.names, text.get("synonyms"))
+    model, tokenizer = load_clip(clip.model, clip.pretrained, device=_device(clip.device), precision=clip.precision)
+    names = fuse_synonyms(ds.vocab.names, text.synonyms)
     cands = [ln for ln in candidates.read_text().splitlines() if "{}" in ln] if candidates else None
     ranking = select_template(model, tokenizer, pairs, names, cands)
     write_json(out, [{"template": s.template, "sharpness": s.sharpness, "images": s.images} for s in ranking])

@@ -1,14 +1,25 @@
-"""Defaults for Prefect's settings, which Prefect reads from the environment once, when it is imported.
+"""Prefect's settings and API for a stage process.
 
-With no `PREFECT_API_URL` every stage starts a temporary local API server. Its first start on a new
-machine creates and migrates `~/.prefect/prefect.db`, which took over Prefect's 20 s start-up limit on a
-2-core VM ("Timed out while attempting to connect to ephemeral Prefect API server"); later starts take a
-few seconds. An explicit environment variable still wins.
+Prefect reads its settings from the environment once, when it is imported: `apply_prefect_defaults`
+sets ours first (no analytics; 180 s for a first start, which creates Prefect's database and took over
+Prefect's own 20 s limit on a 2-core VM). `local_api` gives a stage a Prefect API when none is configured:
+a loopback server process of our own instead of Prefect's temporary one, because ours lives in its own
+session (a terminal's Ctrl-C does not kill it under the flow that is still reporting to it), is stopped
+when the stage ends, and dies with the stage even after `kill -9` (Linux parent-death signal).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+from wsss.errors import WsssError
 
 DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -20,3 +31,92 @@ def apply_prefect_defaults() -> None:
     """Set the defaults the environment does not set; call before the first `import prefect`."""
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the process that started it dies (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start_api_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a Prefect API (no UI) on 127.0.0.1 and wait until it answers; returns (process, api url)."""
+    port = port or _free_port()
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+        env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+    url = f"http://127.0.0.1:{port}/api"
+    limit = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+    deadline = time.monotonic() + limit
+    import httpx
+
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise WsssError(f"the local Prefect API exited with code {proc.returncode} while starting")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_process(proc)
+    raise WsssError(f"the local Prefect API did not answer within {limit:.0f} s "
+                    "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process's group, SIGKILL it after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def drain_prefect_workers(timeout: float = 10.0) -> None:
+    """Send the logs and events Prefect still holds while its API is up (else they are retried against
+    a stopped server at exit: a minute of connection errors)."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout)
+
+
+@contextlib.contextmanager
+def local_api() -> Iterator[str]:
+    """The Prefect API a stage talks to: $PREFECT_API_URL when set (a server you run, or the one `wsss
+    repro` shares across stages), else a loopback server started here and stopped on the way out.
+    Sets PREFECT_API_URL for the duration; call before the first `import prefect` in this process."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    proc, url = start_api_server()
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield url
+    finally:
+        drain_prefect_workers()
+        os.environ.pop("PREFECT_API_URL", None)
+        stop_process(proc)

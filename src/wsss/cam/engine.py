@@ -22,35 +22,9 @@ from PIL import Image
 from wsss.cam.caa import attention_affinity, box_masks, caa_refine
 from wsss.cam.gradcam import softmax_gradcam
 from wsss.clip.dense import DenseViT, image_mean_std, preprocess
-from wsss.errors import ConfigError
+from wsss.settings import CamsSettings
 
-AMP_DTYPES = {None: None, "none": None, "fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass
-class CamConfig:
-    caa_layers: int = 8  # last blocks whose attention CAA averages (clipped to the model's depth)
-    box_threshold: float = 0.4  # 0.4 VOC, 0.7 COCO (method.md §3)
-    box_reference_quirk: bool = True  # boxes stop one short of the last grid column/row, as the reference
-    refine: bool = True  # compute the CAA-refined maps
-    sinkhorn_rounds: int = 3
-    amp: str | None = None  # None | "fp16" | "bf16": autocast on GPU (ignored on CPU)
-    grad_mode: str = "vmap"  # "vmap": classes share batched backwards (see class_chunk) | "loop": one each
-    class_chunk: int | None = None  # classes per backward; None = auto (CPU 1, GPU up to max(256 MiB, N²·4))
-    pos_embed_fp16: bool = False  # round the interpolated positional embedding to fp16 as the reference code
-    attn_chunk_elems: int | None = None  # attention logits per chunk; None = max(2^20 (GPU 2^24), N²/16)
-    token_chunk: int | None = None  # tokens per MLP chunk; None = all if small, else max(256, L/8)
-    batch_size: int = 8  # equal-size images per trunk forward (the cams runner groups images by size)
-
-    def __post_init__(self):
-        if self.amp not in AMP_DTYPES:
-            raise ConfigError(f"cams.amp must be one of none/fp16/bf16, got {self.amp!r}")
-        if self.grad_mode not in ("vmap", "loop"):
-            raise ConfigError(f"cams.grad_mode must be vmap or loop, got {self.grad_mode!r}")
-        if not 0 <= self.box_threshold < 1:
-            raise ConfigError(f"cams.box_threshold must be in [0, 1), got {self.box_threshold}")
-        if self.caa_layers < 1 and self.refine:
-            raise ConfigError("cams.caa_layers must be ≥ 1 when refine is on")
+AMP_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -73,12 +47,13 @@ class CamEngine:
     """CLIP-ES pseudo-object maps from a frozen open_clip CLIP model (left unmodified, in eval mode).
 
     class_text [C, E]: class embeddings (`encode_class_texts`), rows addressed by `class_idx`;
-    bg_text [B, E]: background embeddings. `device` defaults to the model's.
+    bg_text [B, E]: background embeddings. `config`: the `cams` settings (its scheduling knobs are ignored
+    here). `device` defaults to the model's.
     """
 
-    def __init__(self, model, class_text: torch.Tensor, bg_text: torch.Tensor, config: CamConfig | None = None,
+    def __init__(self, model, class_text: torch.Tensor, bg_text: torch.Tensor, config: CamsSettings | None = None,
                  device: str | torch.device | None = None):
-        self.config = config or CamConfig()
+        self.config = config or CamsSettings()
         self.model = model
         if getattr(model, "training", False):
             raise ValueError("CamEngine needs the model in eval mode (call model.eval())")

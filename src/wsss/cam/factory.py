@@ -1,7 +1,8 @@
-"""Build a `CamEngine` from params.yaml: CLIP weights, class and background texts, CAM settings.
+"""Build a `CamEngine` from the settings: CLIP weights, class and background texts, CAM settings.
 
-`cam_engine_config` is everything a CAM file depends on besides its image; the `cams` stage fingerprints
-it, so changing the model, a template or a threshold recomputes the CAMs and nothing else does.
+`cam_settings_key` fingerprints everything a CAM file depends on besides its image and labels (model,
+weights' content, texts, every `cams` setting that changes the maps); each CAM file stores it within its
+key, so changing the model, a template or a threshold recomputes the CAMs and nothing else does.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from typing import Any
 
 from wsss.data.vocab import Vocabulary
 from wsss.errors import ConfigError
-from wsss.params import section
+from wsss.settings import ClipSettings, Settings
 
-# keys of the `cams` section that change how work is scheduled, not what is computed
-SCHEDULING_KEYS = {"shards", "dask_address", "out", "splits", "overlays", "device"}
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
 def background_words(spec: Any) -> list[str]:
-    """`voc` / `coco` (method.md defaults), a list of words, or a file with one word per line."""
+    """`voc` / `coco` (the built-in lists), a list of words, or a file with one word per line."""
     from wsss.clip.text import BACKGROUND_WORDS
 
     if isinstance(spec, (list, tuple)):
@@ -35,21 +35,38 @@ def background_words(spec: Any) -> list[str]:
     return words
 
 
+def is_weights_path(pretrained: str) -> bool:
+    """A local checkpoint file rather than an open_clip tag such as `openai`."""
+    return "/" in pretrained or "\\" in pretrained or Path(pretrained).suffix.lower() in WEIGHT_SUFFIXES
+
+
+def check_clip_source(clip: ClipSettings) -> None:
+    """Fail before any work when `clip.pretrained` names a checkpoint file that is not there."""
+    if clip.pretrained and is_weights_path(clip.pretrained) and not Path(clip.pretrained).is_file():
+        raise ConfigError(f"clip.pretrained: checkpoint file {clip.pretrained} not found")
+
+
 def _weights_id(pretrained: str | None) -> str:
     """A tag stays a tag; a local file is identified by its content hash."""
     if pretrained and Path(pretrained).is_file():
-        return "sha256:" + hashlib.sha256(Path(pretrained).read_bytes()).hexdigest()[:16]
+        digest = hashlib.sha256()
+        with open(pretrained, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return "sha256:" + digest.hexdigest()[:16]
     return str(pretrained)
 
 
-def cam_engine_config(params: dict) -> dict:
-    clip, text, cams = section(params, "clip"), section(params, "text"), section(params, "cams")
-    return {
-        "model": clip["model"], "weights": _weights_id(clip.get("pretrained")), "precision": clip.get("precision"),
-        "templates": list(text["templates"]), "synonyms": text.get("synonyms"),
-        "background": background_words(text["background"]),
-        "cams": {k: v for k, v in cams.items() if k not in SCHEDULING_KEYS},
-    }
+def cam_settings_key(settings: Settings) -> str:
+    """The fingerprint of everything a CAM file depends on besides its own image and labels."""
+    from wsss.shards import fingerprint
+
+    clip, text = settings.clip, settings.text
+    return fingerprint({
+        "model": clip.model, "weights": _weights_id(clip.pretrained), "precision": clip.precision,
+        "templates": list(text.templates), "synonyms": text.synonyms,
+        "background": background_words(text.background), "cams": settings.cams.work_settings(),
+    })
 
 
 def pick_device(spec: str | None, shard: int = 0) -> str:
@@ -62,17 +79,15 @@ def pick_device(spec: str | None, shard: int = 0) -> str:
     return spec
 
 
-def build_cam_engine(params: dict, vocab: Vocabulary, shard: int = 0):
-    from wsss.cam.engine import CamConfig, CamEngine
+def build_cam_engine(settings: Settings, vocab: Vocabulary, shard: int = 0):
+    from wsss.cam.engine import CamEngine
     from wsss.clip.model import load_clip
     from wsss.clip.text import encode_class_texts, fuse_synonyms
 
-    clip, text, cams = section(params, "clip"), section(params, "text"), section(params, "cams")
-    device = pick_device(cams.get("device", clip.get("device")), shard)
-    model, tokenizer = load_clip(clip["model"], clip.get("pretrained"), device=device,
-                                 precision=clip.get("precision", "fp32"))
-    templates = list(text["templates"])
-    class_text = encode_class_texts(model, tokenizer, fuse_synonyms(vocab.names, text.get("synonyms")), templates)
-    bg_text = encode_class_texts(model, tokenizer, background_words(text["background"]), templates)
-    config = CamConfig(**{k: v for k, v in cams.items() if k not in SCHEDULING_KEYS})
-    return CamEngine(model, class_text, bg_text, config, device)
+    clip, text, cams = settings.clip, settings.text, settings.cams
+    device = pick_device(clip.device if cams.device in (None, "auto") else cams.device, shard)
+    model, tokenizer = load_clip(clip.model, clip.pretrained, device=device, precision=clip.precision)
+    templates = list(text.templates)
+    class_text = encode_class_texts(model, tokenizer, fuse_synonyms(vocab.names, text.synonyms), templates)
+    bg_text = encode_class_texts(model, tokenizer, background_words(text.background), templates)
+    return CamEngine(model, class_text, bg_text, cams, device)

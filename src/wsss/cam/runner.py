@@ -1,7 +1,9 @@
 """Run the CAM engine over a shard of the manifest: one compressed CAM file per image, resumable.
 
-An image is skipped when its CAM file exists with the same input key (image bytes + labels), so an
-interrupted run picks up where it stopped and produces the same files as an uninterrupted one.
+An image is skipped when its CAM file exists with the same input key (image bytes + labels + the CAM
+settings' fingerprint), so an interrupted run picks up where it stopped and produces the same files as an
+uninterrupted one, and a settings change replaces stale files one by one as new ones are written: nothing
+finished is deleted before its replacement exists.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from wsss.cam.engine import size_groups
 from wsss.cam.store import cam_path, save_cam, stored_key
 from wsss.data.images import load_rgb
 from wsss.data.manifest import Dataset
+from wsss import interrupt
 from wsss.shards import shard_rows
 
 
-def input_key(image_path: Path, labels) -> str:
+def input_key(image_path: Path, labels, settings_key: str = "") -> str:
     digest = hashlib.sha1(image_path.read_bytes())
     digest.update(repr(tuple(int(x) for x in labels)).encode())
+    digest.update(settings_key.encode())
     return digest.hexdigest()
 
 
@@ -36,14 +40,15 @@ class ShardStats:
     seconds: float = 0.0
 
 
-def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, shard: int = 0, shards: int = 1,
-                  progress: bool = True) -> ShardStats:
-    """Compute the CAM files of shard `shard` of `shards`; `engine_factory()` returns a `CamEngine`."""
+def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, settings_key: str = "",
+                  shard: int = 0, shards: int = 1, progress: bool = True) -> ShardStats:
+    """Compute the CAM files of shard `shard` of `shards`; `engine_factory()` returns a `CamEngine`.
+    Stops between batches when a stop is requested (`wsss.interrupt`)."""
     rows = shard_rows(ds.table, shard, shards)
     stats = ShardStats(shard)
     todo = []
     for _, row in rows.iterrows():
-        key = input_key(ds.image_path(row), row["labels"])
+        key = input_key(ds.image_path(row), row["labels"], settings_key)
         if stored_key(cam_path(cam_dir, row["id"])) == key:
             stats.skipped += 1
         else:
@@ -56,6 +61,7 @@ def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, sh
     start = time.perf_counter()
     with tqdm(total=len(todo), desc=f"cams shard {shard}/{shards}", disable=not progress, unit="img") as bar:
         for group in groups:
+            interrupt.check()
             batch = [todo[i] for i in group]
             images = [load_rgb(ds.image_path(row)) for row, _ in batch]
             labels = [list(row["labels"]) for row, _ in batch]
@@ -68,3 +74,4 @@ def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, sh
             bar.update(len(batch))
     stats.seconds = time.perf_counter() - start
     return stats
+

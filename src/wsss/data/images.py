@@ -13,8 +13,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from wsss.errors import DataError
+from wsss.settings import ValidationSettings
 
-DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: well above any real dataset photo, far below a bomb's claim
+DEFAULT_MAX_PIXELS = ValidationSettings().max_pixels  # well above any real photo, far below a bomb's claim
 
 # Alpha is composited on this colour. Black = premultiplied alpha: a fully transparent pixel carries no
 # colour at all, instead of whatever RGB values happen to be stored under it (what a plain convert shows).

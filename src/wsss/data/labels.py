@@ -23,13 +23,30 @@ from wsss.errors import DataError
 _SEPARATORS = re.compile(r"[;|,]")
 
 
+def find_user_file(path: str | os.PathLike, root: str | Path | None, what: str) -> Path:
+    """A file the user named for a dataset (class list, labels file): an absolute path as it is; a
+    relative one in the current directory first, else in the dataset root. DataError (one line, naming
+    every place tried) when it is in none. `what` names the file in the message ("class list file")."""
+    p = Path(path)
+    if p.is_absolute():
+        if p.is_file():
+            return p
+        raise DataError(f"{p}: {what} not found")
+    tried = [p] + ([Path(root) / p] if root is not None else [])
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{p}: {what} not found (looked in {' and '.join(str(t.absolute()) for t in tried)})")
+
+
 def as_vocabulary(classes, root: Path | None = None, default: Sequence[str] | None = None) -> Vocabulary:
-    """`classes` as a Vocabulary: a Vocabulary, a class-list file path, or a list of names. When None:
-    `<root>/classes.txt` / `classes.json` if present (the toy world writes one), else `default`."""
+    """`classes` as a Vocabulary: a Vocabulary, a class-list file path (relative: the current directory
+    first, then `root`; see `find_user_file`), or a list of names. When None: `<root>/classes.txt` /
+    `classes.json` if present (the toy world writes one), else `default`."""
     if isinstance(classes, Vocabulary):
         return classes
     if isinstance(classes, (str, os.PathLike)):
-        return Vocabulary.from_file(classes)
+        return Vocabulary.from_file(find_user_file(classes, root, "class list file"))
     if classes is not None:
         return Vocabulary(tuple(str(c) for c in classes))
     if root is not None:

@@ -9,48 +9,11 @@ mean-subtracted uint8 cast wraps negative values — a bug we do not copy).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import numpy as np
 
-from wsss.errors import ConfigError
+from wsss.settings import CrfSettings
 
 EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class CrfParams:
-    """Kernel widths/weights and mean-field iterations; defaults are the CLIP-ES reference (§4)."""
-
-    gaussian_sxy: float = 1.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 67.0
-    bilateral_srgb: float = 3.0
-    bilateral_compat: float = 4.0
-    iterations: int = 10
-
-    def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"crf.{f.name} must be a non-negative number, got {value!r}")
-        if self.gaussian_sxy == 0 or self.bilateral_sxy == 0 or self.bilateral_srgb == 0:
-            raise ConfigError("crf kernel widths (gaussian_sxy, bilateral_sxy, bilateral_srgb) must be > 0")
-        if int(self.iterations) != self.iterations:
-            raise ConfigError(f"crf.iterations must be an integer, got {self.iterations!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "CrfParams":
-        """From a params.yaml section; unknown keys are a ConfigError (typos must not pass silently)."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown crf setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _check_inputs(image: np.ndarray, probs: np.ndarray) -> None:
@@ -87,6 +50,6 @@ def dense_crf(image_rgb: np.ndarray, unary_probs: np.ndarray, *, gaussian_sxy: f
     return np.asarray(q, dtype=np.float32).reshape(n_labels, height, width)
 
 
-def crf_refine(image_rgb: np.ndarray, unary_probs: np.ndarray, params: CrfParams = CrfParams()) -> np.ndarray:
-    """`dense_crf` with a CrfParams bundle."""
-    return dense_crf(image_rgb, unary_probs, **params.to_dict())
+def crf_refine(image_rgb: np.ndarray, unary_probs: np.ndarray, params: CrfSettings = CrfSettings()) -> np.ndarray:
+    """`dense_crf` with the `masks.crf` settings."""
+    return dense_crf(image_rgb, unary_probs, **params.as_dict())

@@ -36,16 +36,35 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     return VOC_PALETTE[np.asarray(mask, dtype=np.uint8)]
 
 
-def save_palette_png(path: str | Path, mask: np.ndarray) -> None:
-    """Write an H×W uint8 mask as a VOC-palette PNG, atomically (an existing file is always complete)."""
+KEY_CHUNK = "wsss-key"  # PNG text chunk holding the key of the inputs a mask was made from
+
+
+def save_palette_png(path: str | Path, mask: np.ndarray, key: str | None = None) -> None:
+    """Write an H×W uint8 mask as a VOC-palette PNG, atomically (an existing file is always complete);
+    `key` is stored in a text chunk (`stored_png_key`) so a rerun can tell a current mask from a stale one."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask must be an H×W uint8 array, got shape {mask.shape} dtype {mask.dtype}")
     height, width = mask.shape
     image = Image.frombytes("P", (width, height), np.ascontiguousarray(mask).tobytes())
     image.putpalette(VOC_PALETTE.tobytes())
+    info = None
+    if key is not None:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text(KEY_CHUNK, key)
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", optimize=False)
+        image.save(tmp, format="PNG", optimize=False, pnginfo=info)
+
+
+def stored_png_key(path: str | Path) -> str | None:
+    """The key a mask PNG was written with (reads the header chunks only); None if absent or unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.text.get(KEY_CHUNK)
+    except (FileNotFoundError, OSError, SyntaxError, ValueError):
+        return None
 
 
 def load_mask(path: str | Path) -> np.ndarray:

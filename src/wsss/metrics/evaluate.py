@@ -23,9 +23,10 @@ from wsss.cam.store import cam_path, load_cam
 from wsss.data.vocab import IGNORE, Vocabulary
 from wsss.errors import DataError
 from wsss.io import atomic_path, write_json
-from wsss.masks.crf import CrfParams
+from wsss.settings import CrfSettings
 from wsss.data.images import load_rgb_array
-from wsss.masks.export import MaskParams, export_mask, run_pool
+from wsss.masks.export import MaskParams, export_mask
+from wsss.parallel import run_pool
 from wsss.masks.palette import load_mask
 from wsss.metrics.confusion import ConfusionMatrix
 
@@ -159,10 +160,10 @@ class AblationRow:
     cam_dir: str | Path | None = None
 
 
-def default_ablation_rows(*, alpha: float = 1.0, crf: CrfParams | None = None, confidence: float = 0.95,
+def default_ablation_rows(*, alpha: float = 1.0, crf: CrfSettings | None = None, confidence: float = 0.95,
                           learned_cam_dir: str | Path | None = None) -> list[AblationRow]:
     """CAM → + CAA → + CRF (and + learned prompts when their CAM folder is given)."""
-    crf = crf or CrfParams()
+    crf = crf or CrfSettings()
     rows = [AblationRow("CAM", MaskParams(source="cam", alpha=alpha, crf=None)),
             AblationRow("+ CAA", MaskParams(source="refined", alpha=alpha, crf=None)),
             AblationRow("+ CRF", MaskParams(source="refined", alpha=alpha, crf=crf, confidence=confidence))]

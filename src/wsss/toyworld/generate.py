@@ -37,10 +37,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from wsss import interrupt
 from wsss.errors import ConfigError
 from wsss.io import atomic_dir, write_json, write_text
 from wsss.masks.palette import save_palette_png
 from wsss.toyworld.shapes import CLASS_PATTERNS, MAX_ROTATION, PATTERNS, SHAPES
+from wsss.settings import ToyworldSettings
 from wsss.toyworld.textures import TEXTURES, draw_background
 
 CLASSES: tuple[str, ...] = tuple(SHAPES)
@@ -305,6 +307,15 @@ def drawn_otherwise(root: str | os.PathLike, **settings) -> dict:
     return {k: stats.get(k) for k, v in want.items() if stats.get(k) != v}
 
 
+def generate_from_settings(root: str | os.PathLike, settings: ToyworldSettings, **kw) -> dict:
+    """`generate_toyworld` with the `toyworld` section of the settings (its `root` is not used: the
+    caller chooses where, e.g. a temporary folder swapped in whole)."""
+    s = settings
+    return generate_toyworld(root, num_train=s.num_train, num_val=s.num_val, image_size=s.image_size, seed=s.seed,
+                             size_range=s.size_range, max_rotation=s.max_rotation, patterns=s.patterns,
+                             colour_prior=s.colour_prior, **kw)
+
+
 def generate_toyworld(
     root: str | os.PathLike,
     *,
@@ -370,10 +381,11 @@ def generate_toyworld(
         bar = tqdm(total=len(items), desc="toy world", unit="img", disable=not progress)
         if workers == 1:
             for c in chunks:
+                interrupt.check()
                 records += _write_chunk((str(tmp), spec, c))
                 bar.update(len(c))
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=interrupt.ignore_in_worker) as pool:
                 for recs in pool.map(_write_chunk, [(str(tmp), spec, c) for c in chunks]):
                     records += recs
                     bar.update(len(recs))

@@ -5,6 +5,11 @@ the git commit. All stage runs of one pipeline version (same experiment name, or
 `dvc exp run`) hang under one parent run, so the MLflow UI shows a pipeline execution as one tree.
 Logging goes through `MlflowClient` with an explicit run id: MLflow's fluent "active run" is per thread
 and Prefect tasks run on worker threads.
+
+A run ends FINISHED, FAILED, or KILLED (SIGINT/SIGTERM); its parent ends with it, so a pipeline version
+is finished when its last stage is (and running again while a later stage runs). A process killed
+outright (`kill -9`, a lost node) cannot end its run: each run records its host and process, and the next
+stage started on that host marks the runs of processes that are gone as KILLED.
 """
 
 from __future__ import annotations
@@ -14,23 +19,17 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from wsss.interrupt import Interrupted
+from wsss.settings import project_root
+
 PIPELINE_TAG = "wsss.pipeline"
-
-
-def project_root() -> Path:
-    """DVC_ROOT under `dvc repro`, else the nearest ancestor of the working directory holding dvc.yaml."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"])
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        if (d / "dvc.yaml").exists():
-            return d
-    return here
+OWNER_TAGS = ("wsss.host", "wsss.pid", "wsss.pid_started")
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -128,26 +127,68 @@ def _quiet_mlflow() -> None:
 
 
 def _parent_run(client, experiment_id: str, key: str, git_commit: str) -> str:
-    """The parent run of this pipeline version, created on first use."""
+    """The parent run of this pipeline version, created on first use, (re)opened while a stage runs."""
     found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'",
                                max_results=1, order_by=["attributes.start_time DESC"])
     if found:
+        if found[0].info.status != "RUNNING":
+            client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     run = client.create_run(experiment_id, run_name=key,
                             tags={PIPELINE_TAG: key, "mlflow.source.git.commit": git_commit})
     return run.info.run_id
 
 
+def _owner() -> dict[str, str]:
+    """Host, pid and the pid's start time: a pid alone can be reused after the process is gone."""
+    import psutil
+
+    me = psutil.Process()
+    return {"wsss.host": socket.gethostname(), "wsss.pid": str(me.pid), "wsss.pid_started": f"{me.create_time():.2f}"}
+
+
+def _alive(tags: Mapping[str, str]) -> bool:
+    import psutil
+
+    try:
+        return f"{psutil.Process(int(tags['wsss.pid'])).create_time():.2f}" == tags.get("wsss.pid_started")
+    except (psutil.Error, KeyError, ValueError):
+        return False
+
+
+def mark_stale_runs(client, experiment_id: str) -> list[str]:
+    """End as KILLED the RUNNING stage runs of this host whose process is gone (and their parents)."""
+    host = socket.gethostname()
+    running = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                 f"tags.`wsss.host` = '{host}'", max_results=1000)
+    stale = [r for r in running if not _alive(r.data.tags)]
+    for r in stale:
+        client.set_tag(r.info.run_id, "wsss.ended_by", "marked KILLED at a later start: its process was gone")
+        client.set_terminated(r.info.run_id, status="KILLED")
+        parent = r.data.tags.get("mlflow.parentRunId")
+        if parent and client.get_run(parent).info.status == "RUNNING":
+            client.set_terminated(parent, status="KILLED")
+    return [r.info.run_id for r in stale]
+
+
+def end_status(error: BaseException | None) -> str:
+    if error is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(error, (KeyboardInterrupt, Interrupted)) else "FAILED"
+
+
 @contextlib.contextmanager
 def start_stage_run(stage: str, params: Mapping[str, Any], *, experiment: str = "wsss",
                     uri: str | None = None) -> Iterator[StageRun]:
-    """Open the MLflow run of one stage execution; FINISHED on success, FAILED on any exception."""
+    """Open the MLflow run of one stage execution; FINISHED on success, KILLED on an interrupt, FAILED on
+    any other exception. The parent run ends with the same status."""
     _quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri(uri))
     exp = client.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    mark_stale_runs(client, experiment_id)
     commit = _git("rev-parse", "HEAD")
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
@@ -155,14 +196,16 @@ def start_stage_run(stage: str, params: Mapping[str, Any], *, experiment: str = 
     parent = _parent_run(client, experiment_id, key, commit)
     run = client.create_run(experiment_id, run_name=f"{key}:{stage}", tags={
         "mlflow.parentRunId": parent, "dvc.stage": stage, "dvc.exp_name": exp_name, "git.commit": commit,
-        "git.dirty": str(dirty), "mlflow.source.git.commit": commit, PIPELINE_TAG + ".member": key,
+        "git.dirty": str(dirty), "mlflow.source.git.commit": commit, PIPELINE_TAG + ".member": key, **_owner(),
     })
     stage_run = StageRun(client, run.info.run_id, run.info.artifact_uri)
     stage_run.log_params(params)
+    error: BaseException | None = None
     try:
         yield stage_run
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
+    except BaseException as e:
+        error = e
         raise
-    client.set_terminated(run.info.run_id, status="FINISHED")
-
+    finally:
+        client.set_terminated(run.info.run_id, status=end_status(error))
+        client.set_terminated(parent, status=end_status(error))

@@ -30,10 +30,50 @@ class ValidationResult:
     table: pd.DataFrame = field(repr=False)  # the per-image metadata table (also out_dir/images.csv)
 
     @property
+    def warnings(self) -> list[str]:  # one line per converted colour mode (grayscale, CMYK, alpha, ...)
+        return self.summary["warnings"]
+
+    @property
     def headline(self) -> str:
         s = self.summary
         state = "PASS" if self.success else f"FAIL ({len(s['failed_checks'])} of {s['checks_run']} checks)"
         return f"dataset {s['dataset']}: {state}, {s['images']} images; report {s['data_docs']}"
+
+
+def report_lines(summary: dict) -> list[str]:
+    """What a person reads on the console (CLI and flow alike): one FAIL line per failing expectation,
+    one WARN line per converted colour mode, then the verdict with the report's location."""
+    n = len(summary["warnings"])
+    last = (f"{'PASSED' if summary['success'] else 'FAILED'}: {summary['images']} images, "
+            f"{len(summary['verdicts'])} failing expectation(s), {n} warning{'s' * (n != 1)}; "
+            f"report: {summary['data_docs']}")
+    return [*summary["verdicts"], *summary["warnings"], last]
+
+
+DROPS_REPORT_ROOT = Path("reports/drops")  # never the prepare stage's output (reports/validation)
+
+
+def default_report_dir(path: str | Path) -> Path:
+    """`reports/drops/<drop folder name>/`, relative to the current directory."""
+    return DROPS_REPORT_ROOT / Path(path).resolve().name
+
+
+def validate_drop(path: str | Path, *, format: str = "auto", classes=None, labels: str | Path | None = None,
+                  splits=None, report_dir: str | Path | None = None, max_pixels: int | None = None,
+                  min_side: int | None = None, workers: int = 4) -> ValidationResult:
+    """Read the dataset drop at `path` and validate it: the one entry point of `wsss validate` and the
+    `validate-drop` flow. `classes`/`labels` files: relative paths are looked up in the current
+    directory, then in the drop (`find_user_file`). The report goes to `report_dir`, by default
+    `default_report_dir(path)`; never into the drop. `max_pixels`/`min_side` default to
+    `ValidationSettings`."""
+    from wsss.data.readers import read_dataset_source
+    from wsss.settings import ValidationSettings
+
+    limits = ValidationSettings()
+    ds = read_dataset_source(path, format=format, classes=classes, splits=splits, labels=labels)
+    return validate_dataset(ds, default_report_dir(path) if report_dir is None else report_dir,
+                            max_pixels=limits.max_pixels if max_pixels is None else max_pixels,
+                            min_side=limits.min_side if min_side is None else min_side, workers=workers)
 
 
 def _quiet_gx() -> None:

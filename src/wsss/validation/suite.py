@@ -39,6 +39,8 @@ def checks(min_side: int) -> list[Check]:
     """Every defect kind the drop is checked for, in the order a person would fix them."""
     return [
         Check("unique_id", "image ids are unique", "id", "unique", lambda r, t: r["image"]),
+        Check("listed_once", "each image is listed once", "listed_once", "in_set",
+              lambda r, t: f"{r['image']}: {r['duplicate_listing']}", True),
         Check("image_path_safe", "image path stays inside the dataset root", "image_path_ok", "in_set",
               lambda r, t: f"{r['image']}: {r['image_path_problem']}", True),
         Check("image_exists", "image file exists", "image_exists", "in_set", lambda r, t: r["image"], True),

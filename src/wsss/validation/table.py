@@ -22,8 +22,9 @@ from wsss.data.manifest import Dataset
 from wsss.data.paths import path_problem
 from wsss.data.vocab import IGNORE
 from wsss.errors import DataError
+from wsss.settings import ValidationSettings
 
-DEFAULT_MIN_SIDE = 8
+DEFAULT_MIN_SIDE = ValidationSettings().min_side
 _HASH_CHUNK = 1 << 20
 
 
@@ -146,6 +147,11 @@ def image_table(ds: Dataset, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, wor
                         "width": t["width"].astype(int), "height": t["height"].astype(int),
                         "labels": t["labels"].map(lambda ls: " ".join(str(x) for x in ls))})
     out = pd.concat([out, checks.reset_index(drop=True), _label_columns(t, ds.vocab.num_classes)], axis=1)
+    # readers note an image listed more than once (split list, labels file) instead of dropping the repeat
+    listing = (t["duplicate_listing"].fillna("").astype(str) if "duplicate_listing" in t
+               else pd.Series([""] * len(t), dtype=str))
+    out["duplicate_listing"] = listing.to_numpy()
+    out["listed_once"] = (listing == "").to_numpy()
     for col in ("decoded_width", "decoded_height", "channels", "mask_width", "mask_height"):
         out[col] = pd.array(out[col].tolist(), dtype="Int64")
     decoded = out["decodes"].map(lambda v: v is True)

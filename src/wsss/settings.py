@@ -1,0 +1,388 @@
+"""Typed settings: one frozen dataclass per `params.yaml` section, parsed and validated in one go.
+
+A stage or command calls `load_settings()` before it imports anything heavy or touches an output, so a
+typo (`cams.box_treshold`), a wrong type or an out-of-range value costs a second, not finished work:
+`ConfigError` names the file, the key and what was expected (and the closest valid key for a typo). The
+library takes these objects, never the raw dict, and the CLI takes its defaults from them. Keys left
+out of the file take the class defaults, which match the shipped `params.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Union
+import functools
+
+from wsss.errors import ConfigError
+
+DEVICE_WORDS = ("auto", "cpu", "cuda", "mps")
+
+
+def knob(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None, scheduling: bool = False,
+         check=None, expect: str | None = None) -> Any:
+    """A setting: its default, its range, and whether it only says how work is scheduled (shards,
+    workers, output folders), so that changing it never invalidates finished outputs. `check(value)` is
+    an extra rule returning True when the value is fine; `expect` says what it wants."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "scheduling": scheduling, "check": check, "expect": expect}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults: settings are frozen")
+    return field(default=default, metadata=meta)
+
+
+class Section:
+    """Base of every settings section: validated on construction (from params.yaml or in code alike),
+    values normalised (lists → tuples, integers → floats where a float is wanted)."""
+
+    KEY: ClassVar[str] = ""  # the section's path in params.yaml, for messages
+
+    def __post_init__(self):
+        hints = _hints(type(self))
+        for f in fields(self):
+            key = f"{self.KEY}.{f.name}"
+            value = _check_range(_coerce(getattr(self, f.name), hints[f.name], key), f.metadata, key)
+            object.__setattr__(self, f.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between settings of the section (override)."""
+
+    def work_settings(self) -> dict[str, Any]:
+        """Everything that changes what this section's stage computes (scheduling knobs left out)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if not f.metadata.get("scheduling")}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+# ---- the sections ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ToyworldSettings(Section):
+    KEY = "toyworld"
+    root: str = knob("data/raw/toyworld", scheduling=True)
+    num_train: int = knob(400, ge=0)
+    num_val: int = knob(100, ge=0)
+    image_size: int = knob(64, ge=16)
+    patterns: bool = knob(True)
+    colour_prior: float = knob(0.9, ge=0, le=1)
+    size_range: tuple[float, float] = knob((0.16, 0.32), check=lambda r: 0 < r[0] <= r[1] <= 0.5,
+                                           expect="[low, high] with 0 < low ≤ high ≤ 0.5")
+    max_rotation: float = knob(0.35, ge=0, le=3.1416)
+    seed: int = knob(0, ge=0)
+
+
+@dataclass(frozen=True)
+class DataSettings(Section):
+    KEY = "data"
+    root: str = knob("data/raw/toyworld")
+    format: Literal["voc", "coco", "custom", "auto"] = knob("voc")
+    classes: str | None = knob(None)
+    labels: str | None = knob(None)
+    splits: tuple[str, ...] = knob(("train", "val"), check=bool, expect="a non-empty list of split names")
+    prepared: str = knob("data/prepared", scheduling=True)
+
+
+@dataclass(frozen=True)
+class ValidationSettings(Section):
+    KEY = "validation"
+    report_dir: str = knob("reports/validation", scheduling=True)
+    max_pixels: int = knob(50_000_000, gt=0)  # decompression bombs claim billions; real photos stay far below
+    min_side: int = knob(16, ge=1)
+
+
+@dataclass(frozen=True)
+class TrackingSettings(Section):
+    KEY = "tracking"
+    experiment: str = knob("wsss", check=bool, expect="a non-empty experiment name")
+    uri: str | None = knob(None)
+
+
+def _is_device(spec: str) -> bool:
+    head, _, index = spec.partition(":")
+    return head in DEVICE_WORDS and (not index or (head == "cuda" and index.isdigit()))
+
+
+@dataclass(frozen=True)
+class ClipSettings(Section):
+    KEY = "clip"
+    model: str = knob("wsss-toy-vit", check=bool, expect="an open_clip model name")
+    pretrained: str | None = knob("assets/toyclip/wsss-toy-vit.pt")
+    device: str = knob("auto", check=_is_device, expect="auto, cpu, cuda or cuda:N")
+    precision: Literal["fp32", "fp16", "bf16"] = knob("fp32")
+
+
+@dataclass(frozen=True)
+class TextSettings(Section):
+    KEY = "text"
+    templates: tuple[str, ...] = knob(("a photo of a {}.",), check=lambda ts: bool(ts) and all("{}" in t for t in ts),
+                                      expect="a non-empty list of templates, each with {} for the class")
+    synonyms: str | dict[str, str] | None = knob(None)
+    background: str | tuple[str, ...] = knob(("grass", "water", "wall", "sky", "road", "sand"), check=bool,
+                                             expect="voc, coco, a file, or a non-empty word list")
+
+
+@dataclass(frozen=True)
+class CamsSettings(Section):
+    KEY = "cams"
+    splits: tuple[str, ...] = knob(("train", "val"), scheduling=True, check=bool, expect="a non-empty list")
+    out: str = knob("data/cams", scheduling=True)
+    caa_layers: int = knob(8, ge=0)
+    box_threshold: float = knob(0.4, ge=0, lt=1)
+    box_reference_quirk: bool = knob(True)
+    refine: bool = knob(True)
+    sinkhorn_rounds: int = knob(3, ge=0)
+    amp: Literal["fp16", "bf16"] | None = knob(None)
+    grad_mode: Literal["vmap", "loop"] = knob("vmap")
+    class_chunk: int | None = knob(None, ge=1)
+    batch_size: int = knob(8, ge=1)
+    pos_embed_fp16: bool = knob(False)
+    attn_chunk_elems: int | None = knob(None, ge=1, scheduling=True)  # memory knobs: same maps either way
+    token_chunk: int | None = knob(None, ge=1, scheduling=True)
+    shards: int = knob(1, ge=1, scheduling=True)
+    dask_address: str | None = knob(None, scheduling=True)
+    overlays: int = knob(8, ge=0, scheduling=True)
+    device: str | None = knob("auto", scheduling=True, check=_is_device, expect="auto, cpu, cuda or cuda:N")
+
+    def check(self):
+        if self.refine and self.caa_layers < 1:
+            raise ConfigError("cams.caa_layers: must be ≥ 1 when cams.refine is true, got 0")
+
+
+@dataclass(frozen=True)
+class CrfSettings(Section):
+    """Dense-CRF kernels and mean-field iterations; defaults are the CLIP-ES reference values."""
+
+    KEY = "masks.crf"
+    gaussian_sxy: float = knob(1.0, gt=0)
+    gaussian_compat: float = knob(3.0, ge=0)
+    bilateral_sxy: float = knob(67.0, gt=0)
+    bilateral_srgb: float = knob(3.0, gt=0)
+    bilateral_compat: float = knob(4.0, ge=0)
+    iterations: int = knob(10, ge=0)
+
+
+@dataclass(frozen=True)
+class MasksSettings(Section):
+    KEY = "masks"
+    out: str = knob("data/masks", scheduling=True)
+    source: Literal["refined", "cam"] = knob("refined")
+    alpha: float = knob(1.0, gt=0)
+    use_crf: bool = knob(True)
+    crf: CrfSettings = field(default_factory=CrfSettings)
+    confidence: float | None = knob(0.95, ge=0, le=1)
+    workers: int = knob(0, ge=0, scheduling=True)
+    shards: int = knob(1, ge=1, scheduling=True)
+    dask_address: str | None = knob(None, scheduling=True)
+
+
+@dataclass(frozen=True)
+class EvaluateMasksSettings(Section):
+    KEY = "evaluate_masks"
+    out: str = knob("reports/pseudo", scheduling=True)
+    alphas: tuple[float, ...] = knob((1.0, 2.0), check=lambda a: all(x > 0 for x in a), expect="exponents > 0")
+    ablation_split: str | None = knob(None)
+    examples: int = knob(6, ge=0)
+    workers: int = knob(0, ge=0, scheduling=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of `params.yaml`."""
+
+    toyworld: ToyworldSettings = field(default_factory=ToyworldSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    clip: ClipSettings = field(default_factory=ClipSettings)
+    text: TextSettings = field(default_factory=TextSettings)
+    cams: CamsSettings = field(default_factory=CamsSettings)
+    masks: MasksSettings = field(default_factory=MasksSettings)
+    evaluate_masks: EvaluateMasksSettings = field(default_factory=EvaluateMasksSettings)
+    source: str = field(default="params.yaml", compare=False)  # the file they came from, for messages
+
+    def sections(self, names) -> dict[str, dict[str, Any]]:
+        """{name: section as a plain dict} for the given section names (what a stage logs)."""
+        return {name: getattr(self, name).as_dict() for name in names}
+
+
+SECTIONS = tuple(f.name for f in fields(Settings) if f.name != "source")
+
+
+# ---- loading ---------------------------------------------------------------------------------------------
+def project_root() -> Path:
+    """DVC_ROOT under `dvc repro`, else the nearest ancestor of the working directory holding dvc.yaml."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"])
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "dvc.yaml").exists():
+            return d
+    return here
+
+
+def params_path() -> Path:
+    """WSSS_PARAMS, else params.yaml in the project root (DVC_ROOT under `dvc repro`)."""
+    return Path(os.environ.get("WSSS_PARAMS") or project_root() / "params.yaml")
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate a params file (default `params_path()`); every error is one `ConfigError` line."""
+    import yaml
+
+    path = Path(path) if path else params_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found (run from the project root or set WSSS_PARAMS)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        return parse_settings(raw or {}, source=str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def parse_settings(raw: Any, source: str = "params.yaml") -> Settings:
+    """A mapping of sections (as in params.yaml) → `Settings`; missing sections and keys take defaults."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of sections at the top level, got {type(raw).__name__}")
+    values = {name: parse_section(_section_type(name), raw.get(name), name) for name in SECTIONS}
+    _reject_unknown(raw, SECTIONS, "")
+    return Settings(**values, source=source)
+
+
+def parse_section(cls: type, raw: Any, prefix: str):
+    """One section (or nested section) from a mapping, validating each key against its annotation."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}: expected a mapping of settings, got {raw!r}")
+    _reject_unknown(raw, [f.name for f in fields(cls)], prefix + ".")
+    return cls(**raw)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _section_type(name: str) -> type:
+    return _hints(Settings)[name]
+
+
+def _reject_unknown(raw: dict, known, prefix: str) -> None:
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid: {', '.join(known)}"
+            raise ConfigError(f"{prefix}{key}: unknown setting{hint}")
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "null"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + "/".join(str(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}"
+        return f"a list of {len(args)} {_describe(args[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping of settings"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    try:
+        return _convert(value, tp, key)
+    except _Mismatch:
+        raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}") from None
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if origin in (Union, types.UnionType):
+        for arg in sorted(args, key=lambda a: a is not type(None)):  # null first, then the others in order
+            try:
+                return _convert(value, arg, key)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin is Literal:
+        if value in args:
+            return value
+        raise _Mismatch
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            raise _Mismatch
+        return tuple(_convert(v, t, key) for v, t in zip(value, items))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return {str(k): _convert(v, args[1], key) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else parse_section(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    raise TypeError(f"{key}: unsupported settings type {tp!r}")  # a bug in this module, not the user's
+
+
+def _check_range(value: Any, meta, key: str) -> Any:
+    if value is None or isinstance(value, (bool, dict)) or dataclasses.is_dataclass(value):
+        return value
+    bounds = [("ge", "≥", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
+              ("le", "≤", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+    if isinstance(value, (int, float)):
+        for name, sign, ok in bounds:
+            if meta.get(name) is not None and not ok(value, meta[name]):
+                wanted = " and ".join(f"{s} {meta[n]}" for n, s, _ in bounds if meta.get(n) is not None)
+                raise ConfigError(f"{key}: expected a value {wanted}, got {value!r}")
+    if meta.get("check") is not None and not meta["check"](value):
+        raise ConfigError(f"{key}: expected {meta['expect']}, got {_plain(value)!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples → lists and sections → dicts: the YAML/JSON shape of a value (for logs and fingerprints)."""
+    if isinstance(value, Section):
+        return value.as_dict()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
