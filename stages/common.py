@@ -13,12 +13,13 @@ retried. Stage modules import their heavy dependencies inside the body, so step 
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from wsss.errors import WsssError
-from wsss.interrupt import Interrupted, exit_code, handle_signals
+from wsss.interrupt import Interrupted, exit_code, handle_signals, is_interrupt, request_stop
 from wsss.settings import Settings, load_settings
 
 
@@ -46,6 +47,10 @@ class Stage:
                     return self.body(settings, run)
             except WsssError as e:
                 return Failed(message=str(e))
+            except BaseException as e:  # Prefect turns SIGTERM into its own TerminationSignal: stop the workers too
+                if is_interrupt(e):
+                    request_stop(getattr(e, "signal", signal.SIGINT))
+                raise
 
         run_stage.__name__ = run_stage.__qualname__ = f"{self.name}_stage"
         run_stage.__doc__ = self.body.__doc__
@@ -85,7 +90,9 @@ def main(stage: Stage) -> None:
 
             with local_api():
                 state = stage.flow(settings)(settings, return_state=True)
-    except (KeyboardInterrupt, Interrupted):
+    except BaseException as e:
+        if not is_interrupt(e):
+            raise
         print(f"interrupted: {stage.name} stopped; finished outputs are kept, a rerun resumes", file=sys.stderr)
         raise SystemExit(exit_code())
     except WsssError as e:

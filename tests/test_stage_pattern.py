@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stages.common import stage_flow
+from stages.common import stage
 from wsss.errors import DataError
+from wsss.interrupt import Interrupted
+from wsss.settings import parse_settings
 from wsss.tracking import flatten, start_stage_run, tracking_uri
-from wsss.tracking.runs import metric_name
+from wsss.tracking.runs import mark_stale_runs, metric_name
 
-PARAMS = {"demo": {"size": 3, "nested": {"rate": 0.5}, "splits": ["train", "val"]},
-          "tracking": {"experiment": "stage-pattern-test"}}
+SETTINGS = parse_settings({"toyworld": {"num_train": 3, "size_range": [0.2, 0.3]},
+                           "tracking": {"experiment": "stage-pattern-test"}})
 
 
 def _runs(stage: str):
@@ -30,34 +32,76 @@ def test_flatten_and_metric_names():
     assert metric_name("ablation.+ CAA α=2") == "ablation.plus_CAA_alpha2"
 
 
-def test_stage_flow_logs_one_finished_run(prefect_harness):
-    @stage_flow("demo_ok", ["demo"])
-    def demo_ok(params, run):
+def test_stage_flow_logs_one_finished_run_with_the_typed_settings(prefect_harness):
+    @stage("demo_ok", ["toyworld"])
+    def demo_ok(settings, run):
         run.log_metrics({"images": 7, "nested": {"miou": 0.5}})
-        return params["demo"]["size"] * 2
+        return settings.toyworld.num_train * 2
 
-    state = demo_ok(PARAMS, return_state=True)
+    state = demo_ok.flow(SETTINGS)(SETTINGS, return_state=True)
     assert state.is_completed() and state.result() == 6
     client, runs = _runs("demo_ok")
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name.endswith(":demo_ok")
-    assert run.data.params == {"demo.size": "3", "demo.nested.rate": "0.5", "demo.splits": '["train", "val"]'}
+    params = run.data.params
+    assert params["toyworld.num_train"] == "3" and params["toyworld.size_range"] == "[0.2, 0.3]"
+    assert params["toyworld.num_val"] == "100"  # a default the file left out is what ran, so it is logged
+    assert set(params) == {f"toyworld.{k}" for k in SETTINGS.toyworld.as_dict()}
     assert run.data.metrics == {"images": 7.0, "nested.miou": 0.5}
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["wsss.pipeline"] == run.info.run_name.split(":")[0]
+    assert parent.info.status == "FINISHED"  # a pipeline version ends with its last stage
 
 
-def test_user_error_fails_the_flow_without_traceback(prefect_harness):
-    @stage_flow("demo_bad", ["demo"])
-    def demo_bad(params, run):
+def test_user_error_fails_the_flow_without_traceback_or_retry(prefect_harness):
+    calls = []
+
+    def shard():
+        calls.append(1)
         raise DataError("data/raw/x/JPEGImages/1.jpg: cannot decode image")
 
-    state = demo_bad(PARAMS, return_state=True)
+    @stage("demo_bad", ["toyworld"])
+    def demo_bad(settings, run):
+        from prefect import task
+
+        from stages.common import no_retry_on_user_error
+
+        task(shard, retries=2, retry_condition_fn=no_retry_on_user_error)()
+
+    state = demo_bad.flow(SETTINGS)(SETTINGS, return_state=True)
     assert state.is_failed()
     assert state.message == "data/raw/x/JPEGImages/1.jpg: cannot decode image"
+    assert calls == [1]  # a user error is not retried
     _, runs = _runs("demo_bad")
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, Interrupted])
+def test_interrupt_ends_the_run_and_its_parent_killed(error):
+    with pytest.raises(error):
+        with start_stage_run(f"stop_{error.__name__}", {}, experiment="stage-pattern-test"):
+            raise error()
+    client, runs = _runs(f"stop_{error.__name__}")
+    assert runs[0].info.status == "KILLED"
+    assert client.get_run(runs[0].data.tags["mlflow.parentRunId"]).info.status == "KILLED"
+
+
+def test_runs_of_dead_processes_are_marked_killed_at_the_next_start():
+    """`kill -9` cannot end a run: the next start on this host ends those whose process is gone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client = MlflowClient(tracking_uri())
+    exp_id = client.get_experiment_by_name("stage-pattern-test").experiment_id
+    with start_stage_run("orphan", {}, experiment="stage-pattern-test") as run:
+        orphan = run.run_id
+        alive = client.create_run(exp_id, tags=dict(client.get_run(orphan).data.tags, **{"dvc.stage": "alive"}))
+    client.update_run(orphan, status="RUNNING")  # as if killed mid-run: never ended
+    client.set_tag(orphan, "wsss.pid", str(dead.pid))
+    assert mark_stale_runs(client, exp_id) == [orphan]
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"  # this process: still alive
+    client.set_terminated(alive.info.run_id)
 
 
 def test_stage_runs_share_the_parent_of_their_pipeline_version():

@@ -31,6 +31,12 @@ def check() -> None:
         raise Interrupted("interrupted")
 
 
+def is_interrupt(error: BaseException) -> bool:
+    """A stop rather than a failure: Ctrl-C, a signal (Prefect raises its own `TerminationSignal`, a
+    BaseException, for SIGTERM inside a flow), or a worker's `Interrupted`."""
+    return isinstance(error, Interrupted) or not isinstance(error, (Exception, SystemExit, GeneratorExit))
+
+
 def exit_code() -> int:
     """128 + the signal that stopped us (130 for SIGINT, 143 for SIGTERM), as a shell would report."""
     return 128 + (_signal[0] if _signal else signal.SIGINT)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from wsss.interrupt import Interrupted
+from wsss.interrupt import is_interrupt
 from wsss.settings import project_root
 
 PIPELINE_TAG = "wsss.pipeline"
@@ -174,7 +174,7 @@ def mark_stale_runs(client, experiment_id: str) -> list[str]:
 def end_status(error: BaseException | None) -> str:
     if error is None:
         return "FINISHED"
-    return "KILLED" if isinstance(error, (KeyboardInterrupt, Interrupted)) else "FAILED"
+    return "KILLED" if is_interrupt(error) else "FAILED"
 
 
 @contextlib.contextmanager

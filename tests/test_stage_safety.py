@@ -1,0 +1,187 @@
+"""A stage never costs a user finished work: settings are checked first and fail in one line (exit 2),
+a bad setting leaves finished outputs byte for byte, and SIGINT/SIGTERM/`kill -9` stop a stage promptly
+with its MLflow run ended, its Prefect API stopped and nothing left running."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+CHECKPOINT = str(REPO / "assets/toyclip/wsss-toy-vit.pt")
+
+
+def _project(root: Path, num_train: int, num_val: int) -> Path:
+    """A project folder with a generated, prepared toy world and a params.yaml pointing at it."""
+    from wsss.data.manifest import write_dataset
+    from wsss.data.readers import read_dataset_source
+    from wsss.toyworld import generate_toyworld
+
+    root.mkdir(parents=True, exist_ok=True)
+    generate_toyworld(root / "world", num_train=num_train, num_val=num_val, workers=1, progress=False)
+    write_dataset(read_dataset_source(root / "world", format="voc"), root / "prepared")
+    params = {"data": {"root": "world", "prepared": "prepared"},
+              "clip": {"pretrained": CHECKPOINT, "device": "cpu"},
+              "cams": {"overlays": 0, "out": "cams"}, "masks": {"out": "masks", "workers": 1},
+              "tracking": {"experiment": "safety"}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "dvc.yaml").write_text("stages: {}\n")  # marks the project root
+    return root
+
+
+def _env(root: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "WSSS_PARAMS", "DVC_ROOT")}
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", **extra}
+
+
+def _stage(root: Path, name: str, params: Path | None = None) -> subprocess.Popen:
+    env = _env(root, PYTHONPATH=str(REPO), **({"WSSS_PARAMS": str(params)} if params else {}))
+    return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _with(root: Path, name: str, section: str, **values) -> Path:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params.setdefault(section, {}).update(values)
+    path = root / name
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A project whose cams and masks are done."""
+    root = _project(tmp_path_factory.mktemp("finished"), 6, 2)
+    for name in ("cams", "masks"):
+        proc = _stage(root, name)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return root
+
+
+SETTINGS_ERRORS = [
+    ("cams", {"box_treshold": 0.5}, "cams.box_treshold: unknown setting; did you mean cams.box_threshold?"),
+    ("cams", {"batch_size": "8"}, "cams.batch_size: expected an integer, got '8'"),
+    ("cams", {"box_threshold": 1.5}, "cams.box_threshold: expected a value ≥ 0 and < 1, got 1.5"),
+    ("masks", {"crf": {"iteration": 3}}, "masks.crf.iteration: unknown setting; did you mean masks.crf.iterations?"),
+    ("clip", {"precision": "fp8"}, "clip.precision: expected one of fp32/fp16/bf16, got 'fp8'"),
+]
+
+
+@pytest.mark.parametrize("section, values, message", SETTINGS_ERRORS)
+def test_settings_error_is_one_line_exit_2_within_seconds(finished, section, values, message):
+    before = {d: _digest(finished / d) for d in ("cams", "masks")}
+    params = _with(finished, "bad.yaml", section, **values)
+    start = time.monotonic()
+    proc = _stage(finished, section if section in ("cams", "masks") else "cams", params)
+    out, err = proc.communicate(timeout=120)
+    assert time.monotonic() - start < 5
+    assert proc.returncode == 2, out + err
+    assert err.strip() == f"error: {params}: {message}"
+    assert {d: _digest(finished / d) for d in ("cams", "masks")} == before
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("clip", {"pretrained": "assets/missing.pt"}, "checkpoint file assets/missing.pt not found"),
+    ("clip", {"model": "ViT-Nope-16"}, "unknown CLIP model 'ViT-Nope-16'"),
+    ("text", {"background": "no-such-words.txt"}, "text.background: 'no-such-words.txt' is neither"),
+])
+def test_bad_setting_found_in_the_stage_keeps_every_finished_file(finished, section, values, message):
+    before = {d: _digest(finished / d) for d in ("cams", "masks")}
+    params = _with(finished, "bad.yaml", section, **values)
+    proc = _stage(finished, "cams", params)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out + err
+    assert message in err and "Traceback" not in err
+    assert "retry" not in (out + err).lower()
+    assert {d: _digest(finished / d) for d in ("cams", "masks")} == before
+
+
+def _wait_for_outputs(folder: Path, proc: subprocess.Popen, n: int = 2, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"stage ended early: {proc.communicate()}")
+        if folder.exists() and len(list(folder.glob("[!.]*.npz"))) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError("no output appeared")
+
+
+def _runs(root: Path, stage: str):
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("safety")
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`dvc.stage` = '{stage}'",
+                              order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory):
+    """A project with enough images that the cams stage runs for a while."""
+    return _project(tmp_path_factory.mktemp("busy"), 40, 0)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_the_stage_within_seconds(busy, sig, code):
+    proc = _stage(busy, "cams")
+    _wait_for_outputs(busy / "cams", proc, n=len(list((busy / "cams").glob("*.npz"))) + 2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the stage runs its own Prefect API"
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == code, err[-3000:]
+    assert "interrupted: cams stopped" in err
+    assert "connection attempts failed" not in (out + err).lower()
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert _runs(busy, "cams")[-1].info.status == "KILLED"
+    done = list((busy / "cams").glob("*.npz"))
+    assert len(done) < 40 and not list((busy / "cams").glob(".*"))  # finished files whole, no temp files
+
+
+def test_kill_9_leaves_no_server_and_the_next_start_ends_the_run(busy):
+    proc = _stage(busy, "cams")
+    _wait_for_outputs(busy / "cams", proc, n=len(list((busy / "cams").glob("*.npz"))) + 2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.communicate(timeout=30)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, "the Prefect API outlived its stage"
+    killed = _runs(busy, "cams")[-1]
+    assert killed.info.status == "RUNNING"  # nobody could end it
+    proc = _stage(busy, "cams")  # the rerun resumes, and first ends the orphaned run
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    runs = {r.info.run_id: r for r in _runs(busy, "cams")}
+    assert runs[killed.info.run_id].info.status == "KILLED"
+    assert list(runs.values())[-1].info.status == "FINISHED"
+    assert len(list((busy / "cams").glob("*.npz"))) == 40
+
+
+def test_mlflow_logs_the_settings_that_ran(finished):
+    """With WSSS_PARAMS the run logs that file's values (and the defaults it left out), not params.yaml's."""
+    params = _with(finished, "other.yaml", "masks", confidence=0.8)
+    proc = _stage(finished, "masks", params)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    logged = _runs(finished, "masks")[-1].data.params
+    assert logged["masks.confidence"] == "0.8" and logged["masks.crf.iterations"] == "10"
+    assert logged["masks.alpha"] == "1.0"  # typed: the float that ran, even where the file says nothing
