@@ -100,6 +100,34 @@ def test_pseudo_mask_reports(repro):
     assert len(list((work / "data/cams").glob("*.npz"))) == 24
 
 
+def test_dvc_exp_show_compares_experiments(repro):
+    """Metrics are git-tracked outputs, so each experiment commit carries its own numbers."""
+    work, env, _ = repro
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True, env=env)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], cwd=work,
+                   check=True, env=env)
+    for name, alphas in (("alpha3", "[1,3]"), ("alpha4", "[1,4]")):
+        proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-n", name, "-S",
+                               f"evaluate_masks.alphas={alphas}"], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=300, check=True).stdout
+    metrics = {}
+    for commit in json.loads(shown):
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev["data"]
+                metrics[exp.get("name") or data.get("name")] = data["metrics"]["reports/pseudo/metrics.json"]["data"]
+    assert {"alpha3", "alpha4"} <= set(metrics), shown[:2000]
+    for name, alpha in (("alpha3", "3"), ("alpha4", "4")):
+        ablation = metrics[name]["ablation"]
+        assert 0 < ablation[f"CAM α={alpha}"] <= 1 and 0 < metrics[name]["train"]["miou"] <= 1
+    table = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "train.miou" in table and "iou" not in table.replace("miou", "")  # scalars only; per class elsewhere
+
+
 def test_refused_drop_leaves_prepared_untouched(repro):
     """Runs last: it corrupts the raw data of the temporary copy."""
     work, env, _ = repro

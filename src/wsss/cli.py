@@ -14,7 +14,7 @@ import typer
 
 from wsss.errors import WsssError
 from wsss.prefect_env import apply_prefect_defaults
-from wsss.settings import ToyworldSettings
+from wsss.settings import ToyworldSettings, ValidationSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + SemPLeS), as a "
@@ -48,6 +48,9 @@ def stage(name: str = typer.Argument(..., help=f"One of: {', '.join(STAGES)}."))
     raise typer.Exit(subprocess.call([sys.executable, "-m", f"stages.{name}"], cwd=_project_root()))
 
 
+_CHECKS = ValidationSettings()
+
+
 @app.command()
 def validate(path: Path = typer.Argument(..., help="Dataset root (a drop) to validate."),
              format: str = typer.Option("auto", help="voc | coco | custom | auto."),
@@ -58,10 +61,8 @@ def validate(path: Path = typer.Argument(..., help="Dataset root (a drop) to val
              split: Optional[list[str]] = typer.Option(None, help="Splits to read (repeatable)."),
              report_dir: Optional[Path] = typer.Option(None, help="Where the report goes "
                                                        "[default: reports/drops/<drop folder name>]."),
-             max_pixels: Optional[int] = typer.Option(None, help="Refuse images with more pixels (bombs) "
-                                                      "[default: ValidationSettings.max_pixels]."),
-             min_side: Optional[int] = typer.Option(None, help="Refuse images with a smaller side "
-                                                    "[default: ValidationSettings.min_side].")):
+             max_pixels: int = typer.Option(_CHECKS.max_pixels, help="Refuse images with more pixels (bombs)."),
+             min_side: int = typer.Option(_CHECKS.min_side, help="Refuse images with a smaller side.")):
     """Validate a dataset drop with Great Expectations; exit 1 and name each defect if it fails.
     Works anywhere (no project needed); warnings (converted grayscale/CMYK/alpha images) are printed too."""
     from wsss.validation import report_lines, validate_drop
