@@ -6,7 +6,7 @@
 
 Measures, on the val split of a toy world (generated with the default parameters into --root when missing):
 (a) zero-shot multi-label recognition: class texts `encode_class_texts(names, templates)`, the image
-    embedding `model.encode_image` (mean of the ln_post'ed patch tokens, projected: method.md §2); per-class
+    embedding `model.encode_image` (mean of the ln_post'ed patch tokens, projected: docs/method.md §2); per-class
     average precision over the images → mAP, and the share of images whose present classes all score above
     every absent class;
 (b) plain softmax-GradCAM (`wsss.cam.engine.CamEngine`, no refinement unless --caa), present classes from

@@ -25,7 +25,8 @@ def cam_shard(ds, settings, settings_key: str, shard: int):
                          settings_key, shard, settings.cams.shards, progress=True)
 
 
-@stage("cams", ["clip", "text", "cams"], task_runner=shard_runner("cams"))
+@stage("cams", ["clip", "text", "cams"], task_runner=shard_runner("cams"),
+       imports=("torch", "open_clip", "wsss.cam.engine", "wsss.clip.model", "wsss.metrics.plots"))
 def cams(settings, run) -> dict:
     """Shard the manifest, map the shards over the task runner, log throughput and overlays."""
     from prefect import task, unmapped

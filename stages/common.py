@@ -13,11 +13,13 @@ retried. Stage modules import their heavy dependencies inside the body, so step 
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from wsss import timings
 from wsss.errors import WsssError
 from wsss.interrupt import Interrupted, exit_code, handle_signals, is_interrupt, request_stop
 from wsss.settings import Settings, load_settings
@@ -32,6 +34,7 @@ class Stage:
     sections: tuple[str, ...]
     body: Callable[[Settings, Any], Any]
     task_runner: Callable[[Settings], Any] | None = None
+    imports: tuple[str, ...] = ()  # the heavy modules the body needs: imported (and timed) before its work
 
     def flow(self, settings: Settings):
         """The Prefect flow running the body inside the stage's MLflow run."""
@@ -42,9 +45,17 @@ class Stage:
 
         def run_stage(settings: Settings) -> Any:
             try:
+                timings.mark("flow_start")
+                for module in self.imports:
+                    importlib.import_module(module)
+                timings.mark("imports")
                 with start_stage_run(self.name, settings.sections(self.sections),
                                      experiment=settings.tracking.experiment, uri=settings.tracking.uri) as run:
-                    return self.body(settings, run)
+                    timings.mark("mlflow_start")
+                    try:
+                        return self.body(settings, run)
+                    finally:
+                        timings.mark("work")
             except WsssError as e:
                 return Failed(message=str(e))
             except BaseException as e:  # Prefect turns SIGTERM into its own TerminationSignal: stop the workers too
@@ -60,9 +71,10 @@ class Stage:
         return stage_flow
 
 
-def stage(name: str, sections: list[str], task_runner: Callable | None = None) -> Callable[[Callable], Stage]:
+def stage(name: str, sections: list[str], task_runner: Callable | None = None,
+          imports: tuple[str, ...] = ()) -> Callable[[Callable], Stage]:
     """Decorator: a stage body becomes the `Stage` of DVC stage `name`."""
-    return lambda body: Stage(name, tuple(sections), body, task_runner)
+    return lambda body: Stage(name, tuple(sections), body, task_runner, tuple(imports))
 
 
 def no_retry_on_user_error(task, task_run, state) -> bool:
@@ -79,17 +91,21 @@ def no_retry_on_user_error(task, task_run, state) -> bool:
 
 def main(stage: Stage) -> None:
     """Run a stage from the command line; exit 0, 1 (the stage failed), 2 (bad settings) or 130/143."""
+    timings.mark("main")
     try:
         settings = load_settings()
     except WsssError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    timings.mark("settings")
     try:
-        with handle_signals():
+        with timings.recorded(stage.name), handle_signals():
             from wsss.prefect_env import local_api
 
             with local_api():
+                timings.mark("prefect_api")
                 state = stage.flow(settings)(settings, return_state=True)
+                timings.mark("flow_end")
     except BaseException as e:
         if not is_interrupt(e):
             raise

@@ -23,7 +23,7 @@ def alpha_rows(alphas):
             for source, name in (("cam", "CAM"), ("refined", "CAA")) for a in alphas]
 
 
-@stage("evaluate_masks", ["evaluate_masks"])
+@stage("evaluate_masks", ["evaluate_masks"], imports=("wsss.metrics.evaluate", "wsss.metrics.plots"))
 def evaluate(settings, run) -> dict:
     """Score the pseudo masks against ground truth; write metrics, plots, the ablation table."""
     from wsss.io import atomic_dir

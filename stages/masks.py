@@ -18,7 +18,7 @@ def mask_shard(ds, settings, shard: int) -> dict:
                         shard=(shard, cfg.shards))
 
 
-@stage("masks", ["masks"], task_runner=shard_runner("masks"))
+@stage("masks", ["masks"], task_runner=shard_runner("masks"), imports=("wsss.masks.export", "pydensecrf.densecrf"))
 def masks(settings, run) -> dict:
     """Export one pseudo mask per CAM file, in parallel, resumable."""
     from prefect import task, unmapped

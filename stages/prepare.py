@@ -11,7 +11,7 @@ from pathlib import Path
 from stages.common import main, stage
 
 
-@stage("prepare", ["data", "validation"])
+@stage("prepare", ["data", "validation"], imports=("great_expectations", "wsss.validation", "wsss.data.readers"))
 def prepare(settings, run) -> dict:
     """Read → validate (Great Expectations) → write the manifest, refusing a failing drop."""
     from prefect import task

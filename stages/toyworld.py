@@ -5,7 +5,7 @@ from __future__ import annotations
 from stages.common import main, stage
 
 
-@stage("toyworld", ["toyworld"])
+@stage("toyworld", ["toyworld"], imports=("wsss.toyworld",))
 def toyworld(settings, run) -> dict:
     """Generate the toy world into a temporary folder and swap it in whole."""
     from wsss.io import atomic_dir

@@ -46,7 +46,7 @@ def test_toy_config_is_registered_and_pools_patch_tokens():
     assert grid == (8, 8)  # 64 px images, patch 8: the grid the toy world is scored on
     x = torch.randn(2, 3, *model.visual.image_size)
     emb = model.encode_image(x)
-    # the image embedding is the mean of the ln_post'ed patch tokens, projected (method.md §2)
+    # the image embedding is the mean of the ln_post'ed patch tokens, projected (docs/method.md §2)
     v = model.visual
     tokens = v.transformer(v._embeds(x))
     manual = v.ln_post(tokens)[:, 1:].mean(1) @ v.proj

@@ -1,4 +1,4 @@
-"""Text side: defaults from method.md §1, class embeddings, synonym fusion, sharpness template selection."""
+"""Text side: the VOC/COCO defaults, class embeddings, synonym fusion, sharpness template selection."""
 
 import numpy as np
 import open_clip

@@ -35,9 +35,24 @@ def _project_root() -> Path:
 @app.command()
 def repro(stage: Optional[str] = typer.Argument(None, help="Reproduce up to this stage (default: all)."),
           force: bool = typer.Option(False, "--force", "-f", help="Rerun even if nothing changed.")):
-    """Run the DVC pipeline (`dvc repro`): toyworld → prepare → cams → masks → evaluate_masks."""
+    """Run the DVC pipeline (`dvc repro`) with one local Prefect API shared by all its stages (instead of
+    one started per stage); with $PREFECT_API_URL set, that server is used."""
+    import signal
+
+    from wsss.prefect_env import local_api
+
     cmd = [sys.executable, "-m", "dvc", "repro", *([stage] if stage else []), *(["--force"] if force else [])]
-    raise typer.Exit(subprocess.call(cmd, cwd=_project_root()))
+    root = _project_root()
+    with local_api():  # PREFECT_API_URL is inherited by dvc and every stage it runs
+        proc = subprocess.Popen(cmd, cwd=root)
+        signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:  # the terminal sent Ctrl-C to dvc and its stage too: let them stop cleanly
+                continue
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -117,7 +132,7 @@ def select_template_cmd(split: str = typer.Option("train", help="Split of the pr
                                                                   "with {} for the class; default: CLIP-ES's + ImageNet's."),
                         top: int = typer.Option(10, help="Rows of the ranking to print."),
                         out: Path = typer.Option(Path("reports/templates.json"), help="Full ranking (JSON).")):
-    """Rank prompt templates by sharpness on labelled images (labels only, never masks; method.md §1)."""
+    """Rank prompt templates by sharpness on labelled images (labels only, never masks; docs/method.md §1)."""
     from itertools import islice
 
     from wsss.clip.model import load_clip

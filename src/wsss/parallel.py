@@ -8,6 +8,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable
 
 from wsss import interrupt
+from wsss.progress import WarmProgress
 
 
 def run_pool(fn: Callable, tasks: list, *, workers: int | None, desc: str, progress: bool,
@@ -19,11 +20,9 @@ def run_pool(fn: Callable, tasks: list, *, workers: int | None, desc: str, progr
     (`wsss.interrupt`) no new task starts: the ones in flight finish (their outputs are atomic) and
     `Interrupted` is raised; workers ignore the terminal's Ctrl-C and leave that decision to this process.
     """
-    from tqdm import tqdm
-
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     results = [None] * len(tasks)
-    with tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress) as bar:
+    with WarmProgress(len(tasks), desc, disable=not progress) as bar:
         if workers == 1:
             for i, task in enumerate(tasks):
                 interrupt.check()

@@ -1,4 +1,4 @@
-"""Class-aware attention affinity (CAA, CLIP-ES, method.md §3).
+"""Class-aware attention affinity (CAA, CLIP-ES, docs/method.md §3).
 
 W (average head-averaged patch attention of the last 8 blocks) → Sinkhorn (columns then rows, 3 rounds)
 → symmetrise A = (D + Dᵀ)/2 → affinity A². Per class, a box mask from the thresholded grid CAM zeroes the

@@ -1,4 +1,4 @@
-"""Softmax-GradCAM (CLIP-ES, method.md §2), all present classes in one gradient pass.
+"""Softmax-GradCAM (CLIP-ES, docs/method.md §2), all present classes in one gradient pass.
 
 The target for class k is its softmax probability over [present classes] ∪ [background texts]; the
 activation is the last block's ln_1 output (patch tokens). The reference re-runs the last block and does

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tqdm.auto import tqdm
-
 from wsss.cam.engine import size_groups
 from wsss.cam.store import cam_path, save_cam, stored_key
 from wsss.data.images import load_rgb
 from wsss.data.manifest import Dataset
 from wsss import interrupt
+from wsss.progress import WarmProgress
 from wsss.shards import shard_rows
 
 
@@ -53,13 +52,14 @@ def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, se
             stats.skipped += 1
         else:
             todo.append((row, key))
+    print(f"cams shard {shard}/{shards}: {len(todo)} image(s) to compute, {stats.skipped} already current")
     if not todo:
         return stats
     engine = engine_factory()
     sizes = [(int(row["width"]), int(row["height"])) for row, _ in todo]
     groups = size_groups(sizes, engine.patch_size, max(1, engine.config.batch_size))
     start = time.perf_counter()
-    with tqdm(total=len(todo), desc=f"cams shard {shard}/{shards}", disable=not progress, unit="img") as bar:
+    with WarmProgress(len(todo), f"cams shard {shard}/{shards}", disable=not progress) as bar:
         for group in groups:
             interrupt.check()
             batch = [todo[i] for i in group]

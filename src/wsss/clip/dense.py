@@ -1,4 +1,4 @@
-"""Dense forward of an open_clip ViT at the image's native aspect (method.md §2–3).
+"""Dense forward of an open_clip ViT at the image's native aspect (docs/method.md §2–3).
 
 The image is resized *up* to multiples of the patch size, the positional-embedding grid is interpolated
 to the patch grid, and the blocks run through their own submodules (the model is neither modified nor
@@ -149,7 +149,7 @@ class DenseViT:
     attention half keeps ln_1(x) in hand, which is where the CAA attention is computed (from the block's own
     in_proj q/k) and where GradCAM's gradient leaf sits.
 
-    `attn_layers`: how many of the last blocks' attention maps CAA averages (method.md: 8, clipped to L).
+    `attn_layers`: how many of the last blocks' attention maps CAA averages (8 in CLIP-ES, clipped to L).
     `token_chunk`: tokens per MLP chunk (None: `token_slices`' rule).
     """
 

@@ -1,4 +1,4 @@
-"""Text side (method.md §1): templates, synonym fusion, background words, class embeddings, and
+"""Text side (docs/method.md §1): templates, synonym fusion, background words, class embeddings, and
 sharpness-based template selection (the CLIP-ES authors lost that code; this is our implementation).
 """
 
@@ -56,7 +56,7 @@ def candidate_templates() -> tuple[str, ...]:
 
 
 def fuse_synonyms(names: Sequence[str], synonyms: dict[str, str] | str | None) -> list[str]:
-    """Class slot strings: `synonyms` is "voc"/"coco" (method.md defaults), a {name: text} map or None."""
+    """Class slot strings: `synonyms` is "voc"/"coco" (the built-in VOC/COCO lists), a {name: text} map or None."""
     table = SYNONYMS.get(synonyms, {}) if isinstance(synonyms, str) else dict(synonyms or {})
     return [table.get(n, n) for n in names]
 

@@ -1,6 +1,6 @@
 """Train the project's small CLIP (`wsss-toy-vit`, an open_clip config) on toy-world captions, on a CPU.
 
-Why it is trained the way it is (each choice serves the CAMs computed from it, method.md §2):
+Why it is trained the way it is (each choice serves the CAMs computed from it, docs/method.md §2):
 - The image embedding is the mean of the patch tokens after ln_post (the config's `pool_type: avg`),
   exactly the path CAM scoring uses, so every patch token must carry the meaning of its own region.
 - Captions in varied templates, sometimes with colour words and the background, teach the text encoder
@@ -14,13 +14,13 @@ Why it is trained the way it is (each choice serves the CAMs computed from it, m
   caption, so patch tokens learn to speak for their own region (`tile_embeddings`).
 - softmax-GradCAM does not read the patch tokens themselves: it differentiates at the last block's ln_1,
   whose output reaches the score only through that block's attention, so CAM_k(i) is, to first order,
-  the class-k read-out of token i's value path W_o·W_v·ln_1(x_i) (method.md §2). Trained on its
+  the class-k read-out of token i's value path W_o·W_v·ln_1(x_i) (docs/method.md §2). Trained on its
   embeddings alone (with mosaics), the model localises in its patch tokens (a direct patch–text
   read-out: 42 % mIoU) while its GradCAM does not (23 %): nothing asks that value path to carry the
   class. So the mean value path of every image or tile, through ln_post's scale and the projection,
   gets the same contrastive loss (`value_embeddings`): 56 % GradCAM mIoU at equal training (1,000
   steps; a class-token loss, the other way to load the last attention, reached 37 %).
-- CAA (method.md §3) reads the blocks' averaged attention as an affinity: a patch should attend to the
+- CAA (docs/method.md §3) reads the blocks' averaged attention as an affinity: a patch should attend to the
   patches of its own object or background. A large CLIP's attention does; this one, trained on captions
   for minutes, pools instead (every patch attends to the salient ones): without the two terms below its
   Sinkhorn-normalised A² was uniform (perplexity 63.9 of 64 patches) and CAA lowered the toy CAMs from
@@ -243,7 +243,7 @@ def affinity_loss(attn: torch.Tensor, tokens: torch.Tensor, tau: float = 0.1) ->
     """KL(T ‖ W): each patch's averaged attention W (rows renormalised over patches) against T, the softmax
     of its output token's cosine similarity to the other patches' (detached, temperature `tau`).
 
-    CAA (method.md §3) reads the averaged attention as an affinity: a patch should attend to patches of
+    CAA (docs/method.md §3) reads the averaged attention as an affinity: a patch should attend to patches of
     its own object or background. A large CLIP's attention does that; a 4-block toy CLIP trained for
     minutes pools instead (its Sinkhorn-normalised A² is uniform). Its own output tokens already separate
     objects from background (they localise the CAMs), so they supply the target; no label is involved.
@@ -271,7 +271,7 @@ def tile_embeddings(visual, tokens: torch.Tensor, k: int = 1) -> torch.Tensor:
     """Embedding of every tile of k×k mosaics from their ln_post'ed `image_tokens` (k = 1: whole images).
 
     The mean of a tile's ln_post'ed patch tokens, projected: for k = 1 exactly `encode_image` of the
-    avg-pool config, the CAM scoring path (method.md §2). For k = 2 a token that carries content from
+    avg-pool config, the CAM scoring path (docs/method.md §2). For k = 2 a token that carries content from
     another tile pulls its own tile towards the wrong caption, so mosaic steps teach patch tokens to
     speak for their own region, which is what a CAM reads.
     """
@@ -309,7 +309,7 @@ def paste_consistency(z_clean: torch.Tensor, z_pasted: torch.Tensor, where: torc
     content came from: z_clean [2m, 1 + N, D] holds the m targets then the m sources, z_pasted [m, 1 + N, D].
 
     A token that reads other regions changes when they are replaced, so the loss asks tokens to attend to
-    tokens of their own kind (their own object or background), the affinity CAA reads (method.md §3).
+    tokens of their own kind (their own object or background), the affinity CAA reads (docs/method.md §3).
     """
     m = z_pasted.shape[0]
     target = torch.where(where[..., None], z_clean[m:2 * m, 1:], z_clean[:m, 1:])

@@ -1,1 +1,1 @@
-"""Pseudo masks (method.md §4): CAMs → background score → dense CRF → confidence → VOC-palette PNGs."""
+"""Pseudo masks (docs/method.md §4): CAMs → background score → dense CRF → confidence → VOC-palette PNGs."""

@@ -1,4 +1,4 @@
-"""Dense CRF refinement (method.md §4), a thin, validated wrapper around pydensecrf.
+"""Dense CRF refinement (docs/method.md §4), a thin, validated wrapper around pydensecrf.
 
 Unary = −log(p) of the (K+1)-stack [bg, refined CAMs] (p clipped at `eps`, as pydensecrf's
 `unary_from_softmax`); the stack is used as is, not renormalised, as in the CLIP-ES reference.

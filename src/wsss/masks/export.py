@@ -1,4 +1,4 @@
-"""The `masks` stage's engine (method.md §4): one CAM file + its image → one palette-PNG pseudo mask.
+"""The `masks` stage's engine (docs/method.md §4): one CAM file + its image → one palette-PNG pseudo mask.
 
 Each image is independent, so images run in a process pool (pydensecrf holds the GIL) and the result
 never depends on the worker or shard count. Each PNG is written atomically with the key of its inputs
@@ -122,6 +122,9 @@ def export_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, p
             continue
         tasks.append((str(dataset.image_path(row)), str(cam_file), str(out_path), params, key))
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
+    if progress:
+        print(f"masks shard {shard[0]}/{shard[1]}: {len(tasks)} mask(s) to write, {len(rows) - len(tasks)} already "
+              f"current; {workers} worker(s)")
     start = time.perf_counter()
     per_image = run_pool(_export_one, tasks, workers=workers, desc=f"masks {shard[0]}/{shard[1]}",
                          progress=progress, start_method=start_method)

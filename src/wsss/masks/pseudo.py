@@ -1,4 +1,4 @@
-"""From CAMs to labels (method.md §4): a background score, argmax labelling and confidence filtering.
+"""From CAMs to labels (docs/method.md §4): a background score, argmax labelling and confidence filtering.
 
 All maps are K×H×W stacks in the order of the image's present labels (as `wsss.cam.store` writes them);
 index 0 of a (K+1)-stack is always background. Labels come back as dataset class ids (0 = background,

@@ -1,4 +1,4 @@
-"""An accumulated confusion matrix and the segmentation scores derived from it (method.md §7).
+"""An accumulated confusion matrix and the segmentation scores derived from it (docs/method.md §7).
 
 Rows are ground truth, columns prediction, over num_classes ids (0 = background, 1..C). Pixels whose
 ground truth is `ignore_index` are not counted at all. Pixels *predicted* as `ignore_index` (low-

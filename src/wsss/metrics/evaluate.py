@@ -1,4 +1,4 @@
-"""Pseudo-mask evaluation and the ablation table (method.md §7).
+"""Pseudo-mask evaluation and the ablation table (docs/method.md §7).
 
 Ground truth comes from the manifest's `mask` column; only images that have one are scored, so
 evaluation runs on every split that has ground truth (`splits_with_gt`). Masks never feed back into
