@@ -8,12 +8,14 @@ Each mode runs in a fresh copy of the repository (tracked files, a new git repo,
 Prefect's database in a home of its own that the first mode creates, as on a machine that has run
 Prefect once). Stages write their phase marks to $WSSS_TIMINGS (`wsss.timings`):
 
-  startup      process start → the stage's `main` (interpreter, `stages` package)
+  main         process start → the stage's `main` (interpreter, `stages` package)
   settings     reading and validating params.yaml
-  prefect_api  starting the stage's own Prefect API (0 when one is shared)
-  flow_start   importing Prefect, creating the flow run
-  imports      the heavy modules the stage's work needs (torch, open_clip, GX, ...)
-  mlflow_start opening the MLflow run (import, store, parent run, params)
+  pending      counting missing/stale outputs (a stage with nothing to do stops here)
+  imports      Prefect, MLflow (and opening its store), the stage's heavy modules (torch, open_clip,
+               GX, ...), while the stage's own Prefect API boots in its process
+  prefect_api  what is left of waiting for that API (0 when one is shared and up)
+  flow_start   creating the flow run
+  mlflow_start opening the MLflow run (parent run, params)
   work         the stage's own computation
   flow_end     closing the MLflow run and the flow run
   teardown     sending the last logs, stopping the Prefect API, exit
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("startup", "settings", "prefect_api", "flow_start", "imports", "mlflow_start", "work", "flow_end",
+PHASES = ("main", "settings", "pending", "imports", "prefect_api", "flow_start", "mlflow_start", "work", "flow_end",
           "teardown")
 COMMANDS = {"dvc": [sys.executable, "-m", "dvc", "repro"], "wsss": [sys.executable, "-m", "wsss.cli", "repro"]}
 

@@ -25,7 +25,19 @@ def cam_shard(ds, settings, settings_key: str, shard: int):
                          settings_key, shard, settings.cams.shards, progress=True)
 
 
-@stage("cams", ["clip", "text", "cams"], task_runner=shard_runner("cams"),
+def pending(settings) -> int:
+    """CAM files to compute (missing or stale) plus files of images no longer in the manifest."""
+    from wsss.cam.factory import cam_settings_key, check_clip_source
+    from wsss.cam.runner import stale_rows
+    from wsss.shards import orphans
+
+    check_clip_source(settings.clip)
+    ds = cam_split(settings)
+    todo, _ = stale_rows(ds, settings.cams.out, cam_settings_key(settings))
+    return len(todo) + len(orphans(settings.cams.out, set(ds.table["id"]), ".npz"))
+
+
+@stage("cams", ["clip", "text", "cams"], task_runner=shard_runner("cams"), pending=pending,
        imports=("torch", "open_clip", "wsss.cam.engine", "wsss.clip.model", "wsss.metrics.plots"))
 def cams(settings, run) -> dict:
     """Shard the manifest, map the shards over the task runner, log throughput and overlays."""

@@ -35,6 +35,7 @@ class Stage:
     body: Callable[[Settings, Any], Any]
     task_runner: Callable[[Settings], Any] | None = None
     imports: tuple[str, ...] = ()  # the heavy modules the body needs: imported (and timed) before its work
+    pending: Callable[[Settings], int] | None = None  # how many outputs are missing or stale (0: nothing to do)
 
     def flow(self, settings: Settings):
         """The Prefect flow running the body inside the stage's MLflow run."""
@@ -46,9 +47,6 @@ class Stage:
         def run_stage(settings: Settings) -> Any:
             try:
                 timings.mark("flow_start")
-                for module in self.imports:
-                    importlib.import_module(module)
-                timings.mark("imports")
                 with start_stage_run(self.name, settings.sections(self.sections),
                                      experiment=settings.tracking.experiment, uri=settings.tracking.uri) as run:
                     timings.mark("mlflow_start")
@@ -71,10 +69,10 @@ class Stage:
         return stage_flow
 
 
-def stage(name: str, sections: list[str], task_runner: Callable | None = None,
-          imports: tuple[str, ...] = ()) -> Callable[[Callable], Stage]:
+def stage(name: str, sections: list[str], task_runner: Callable | None = None, imports: tuple[str, ...] = (),
+          pending: Callable | None = None) -> Callable[[Callable], Stage]:
     """Decorator: a stage body becomes the `Stage` of DVC stage `name`."""
-    return lambda body: Stage(name, tuple(sections), body, task_runner, tuple(imports))
+    return lambda body: Stage(name, tuple(sections), body, task_runner, tuple(imports), pending)
 
 
 def no_retry_on_user_error(task, task_run, state) -> bool:
@@ -100,9 +98,16 @@ def main(stage: Stage) -> None:
     timings.mark("settings")
     try:
         with timings.recorded(stage.name), handle_signals():
-            from wsss.prefect_env import local_api
+            if stage.pending is not None and stage.pending(settings) == 0:
+                print(f"{stage.name}: nothing to do, every output is current")
+                return
+            timings.mark("pending")
+            from wsss.prefect_env import local_api, wait_until_ready
 
-            with local_api():
+            with local_api(wait=False) as api:  # the API boots in its own process while this one imports
+                preload(stage, settings)
+                timings.mark("imports")
+                wait_until_ready(api)
                 timings.mark("prefect_api")
                 state = stage.flow(settings)(settings, return_state=True)
                 timings.mark("flow_end")
@@ -117,6 +122,17 @@ def main(stage: Stage) -> None:
     if state.is_failed() or state.is_crashed():
         print(f"error: {stage.name} failed: {state.message}", file=sys.stderr)
         raise SystemExit(1)
+
+
+def preload(stage: Stage, settings: Settings) -> None:
+    """Import Prefect, MLflow (and open its store) and the stage's heavy modules."""
+    import prefect  # noqa: F401
+
+    from wsss.tracking.runs import open_store
+
+    open_store(settings.tracking.uri)
+    for module in stage.imports:
+        importlib.import_module(module)
 
 
 def cam_split(settings: Settings):

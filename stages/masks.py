@@ -18,7 +18,19 @@ def mask_shard(ds, settings, shard: int) -> dict:
                         shard=(shard, cfg.shards))
 
 
-@stage("masks", ["masks"], task_runner=shard_runner("masks"), imports=("wsss.masks.export", "pydensecrf.densecrf"))
+def pending(settings) -> int:
+    """Masks to write (missing or stale) plus masks of images no longer in the manifest."""
+    from wsss.masks.export import mask_params, stale_masks
+    from wsss.shards import orphans
+
+    cfg = settings.masks
+    ds = cam_split(settings)
+    stale = stale_masks(ds, settings.cams.out, cfg.out, mask_params(cfg))
+    return len(stale) + len(orphans(cfg.out, set(ds.table["id"]), ".png"))
+
+
+@stage("masks", ["masks"], task_runner=shard_runner("masks"), pending=pending,
+       imports=("wsss.masks.export", "pydensecrf.densecrf"))
 def masks(settings, run) -> dict:
     """Export one pseudo mask per CAM file, in parallel, resumable."""
     from prefect import task, unmapped

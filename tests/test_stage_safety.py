@@ -76,6 +76,18 @@ def finished(tmp_path_factory):
     return root
 
 
+def test_stage_with_nothing_to_do_stops_in_seconds(finished):
+    """Every output current: no Prefect API, no MLflow run, no model loaded."""
+    runs = len(_runs(finished, "cams"))
+    for name in ("cams", "masks"):
+        start = time.monotonic()
+        proc = _stage(finished, name)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert f"{name}: nothing to do" in out and time.monotonic() - start < 10
+    assert len(_runs(finished, "cams")) == runs
+
+
 SETTINGS_ERRORS = [
     ("cams", {"box_treshold": 0.5}, "cams.box_treshold: unknown setting; did you mean cams.box_threshold?"),
     ("cams", {"batch_size": "8"}, "cams.batch_size: expected an integer, got '8'"),

@@ -43,7 +43,7 @@ def repro(stage: Optional[str] = typer.Argument(None, help="Reproduce up to this
 
     cmd = [sys.executable, "-m", "dvc", "repro", *([stage] if stage else []), *(["--force"] if force else [])]
     root = _project_root()
-    with local_api():  # PREFECT_API_URL is inherited by dvc and every stage it runs
+    with local_api(wait=False):  # inherited by dvc and its stages, which wait for it while DVC starts
         proc = subprocess.Popen(cmd, cwd=root)
         signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
         while True:

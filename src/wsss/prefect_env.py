@@ -49,8 +49,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_api_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Start a Prefect API (no UI) on 127.0.0.1 and wait until it answers; returns (process, api url)."""
+def launch_api_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a Prefect API (no UI) on 127.0.0.1 without waiting for it; returns (process, api url). It
+    boots in its own process while the caller imports what it needs (`wait_until_ready` after)."""
+    apply_prefect_defaults()
     port = port or _free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     env.pop("PREFECT_API_URL", None)
@@ -58,22 +60,25 @@ def start_api_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
         env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
-    url = f"http://127.0.0.1:{port}/api"
-    limit = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
-    deadline = time.monotonic() + limit
+    return proc, f"http://127.0.0.1:{port}/api"
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen | None = None) -> None:
+    """Poll `<url>/health` until the API answers (up to PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)."""
     import httpx
 
+    limit = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise WsssError(f"the local Prefect API exited with code {proc.returncode} while starting")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    stop_process(proc)
-    raise WsssError(f"the local Prefect API did not answer within {limit:.0f} s "
+    raise WsssError(f"the Prefect API at {url} did not answer within {limit:.0f} s "
                     "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
 
 
@@ -105,16 +110,21 @@ def drain_prefect_workers(timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def local_api() -> Iterator[str]:
+def local_api(wait: bool = True) -> Iterator[str]:
     """The Prefect API a stage talks to: $PREFECT_API_URL when set (a server you run, or the one `wsss
     repro` shares across stages), else a loopback server started here and stopped on the way out.
-    Sets PREFECT_API_URL for the duration; call before the first `import prefect` in this process."""
+    Sets PREFECT_API_URL for the duration; call before the first `import prefect` in this process. With
+    `wait=False` it returns at once: call `wait_until_ready(url)` before the first flow runs."""
     if os.environ.get("PREFECT_API_URL"):
+        if wait:
+            wait_until_ready(os.environ["PREFECT_API_URL"])
         yield os.environ["PREFECT_API_URL"]
         return
-    proc, url = start_api_server()
+    proc, url = launch_api_server()
     os.environ["PREFECT_API_URL"] = url
     try:
+        if wait:
+            wait_until_ready(url, proc)
         yield url
     finally:
         drain_prefect_workers()

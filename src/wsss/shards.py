@@ -29,14 +29,18 @@ def fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def orphans(out_dir: str | Path, keep_ids: set[str], suffix: str) -> list[Path]:
+    """Outputs of images no longer in the manifest."""
+    return [f for f in Path(out_dir).glob(f"*{suffix}")
+            if not f.name.startswith(".") and f.name[: -len(suffix)] not in keep_ids]
+
+
 def remove_orphans(out_dir: str | Path, keep_ids: set[str], suffix: str) -> int:
     """After a successful run: remove the outputs of images no longer in the manifest and leftovers of
     interrupted atomic writes. Returns how many outputs were removed."""
-    removed = 0
-    for f in Path(out_dir).glob(f"*{suffix}"):
-        if not f.name.startswith(".") and f.name[: -len(suffix)] not in keep_ids:
-            f.unlink()
-            removed += 1
+    stale = orphans(out_dir, keep_ids, suffix)
+    for f in stale:
+        f.unlink()
     for tmp in Path(out_dir).glob(".*.tmp*"):
         tmp.unlink()
-    return removed
+    return len(stale)

@@ -20,7 +20,7 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 def background_words(spec: Any) -> list[str]:
     """`voc` / `coco` (the built-in lists), a list of words, or a file with one word per line."""
-    from wsss.clip.text import BACKGROUND_WORDS
+    from wsss.clip.words import BACKGROUND_WORDS
 
     if isinstance(spec, (list, tuple)):
         return [str(w) for w in spec]

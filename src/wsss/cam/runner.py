@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from wsss.cam.engine import size_groups
 from wsss.cam.store import cam_path, save_cam, stored_key
 from wsss.data.images import load_rgb
 from wsss.data.manifest import Dataset
@@ -39,22 +38,31 @@ class ShardStats:
     seconds: float = 0.0
 
 
+def stale_rows(ds: Dataset, cam_dir: str | Path, settings_key: str = "", shard: int = 0,
+               shards: int = 1) -> tuple[list, int]:
+    """The rows of this shard whose CAM file is missing or stale, with their input keys, and how many
+    are current."""
+    todo, current = [], 0
+    for _, row in shard_rows(ds.table, shard, shards).iterrows():
+        key = input_key(ds.image_path(row), row["labels"], settings_key)
+        if stored_key(cam_path(cam_dir, row["id"])) == key:
+            current += 1
+        else:
+            todo.append((row, key))
+    return todo, current
+
+
 def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, settings_key: str = "",
                   shard: int = 0, shards: int = 1, progress: bool = True) -> ShardStats:
     """Compute the CAM files of shard `shard` of `shards`; `engine_factory()` returns a `CamEngine`.
     Stops between batches when a stop is requested (`wsss.interrupt`)."""
-    rows = shard_rows(ds.table, shard, shards)
-    stats = ShardStats(shard)
-    todo = []
-    for _, row in rows.iterrows():
-        key = input_key(ds.image_path(row), row["labels"], settings_key)
-        if stored_key(cam_path(cam_dir, row["id"])) == key:
-            stats.skipped += 1
-        else:
-            todo.append((row, key))
+    todo, current = stale_rows(ds, cam_dir, settings_key, shard, shards)
+    stats = ShardStats(shard, skipped=current)
     print(f"cams shard {shard}/{shards}: {len(todo)} image(s) to compute, {stats.skipped} already current")
     if not todo:
         return stats
+    from wsss.cam.engine import size_groups  # torch: only when there is work
+
     engine = engine_factory()
     sizes = [(int(row["width"]), int(row["height"])) for row, _ in todo]
     groups = size_groups(sizes, engine.patch_size, max(1, engine.config.batch_size))

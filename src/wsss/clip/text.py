@@ -14,33 +14,8 @@ from tqdm.auto import tqdm
 
 from wsss.errors import DataError
 
-DEFAULT_TEMPLATE = "a clean origami {}."
-
-# Synonym fusion: the class slot holds several synonyms in one comma-joined string (CLIP-ES's names).
-VOC_SYNONYMS = {
-    "bird": "bird avian",
-    "chair": "chair seat",
-    "person": "person with clothes,people,human",
-    "tvmonitor": "tvmonitor screen",
-}
-COCO_SYNONYMS = {
-    **VOC_SYNONYMS,
-    "tv": "tvmonitor screen",
-    "backpack": "backpack,bag",
-    "umbrella": "umbrella,parasol",
-    "handbag": "handbag,purse",
-    "tie": "necktie",
-    "remote": "remote control",
-}
-SYNONYMS = {"voc": VOC_SYNONYMS, "coco": COCO_SYNONYMS}
-
-VOC_BACKGROUND = (
-    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway",
-    "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street",
-    "valley", "bridge", "sign",
-)
-COCO_BACKGROUND = tuple(w for w in VOC_BACKGROUND if w not in ("keyboard", "sign"))
-BACKGROUND_WORDS = {"voc": VOC_BACKGROUND, "coco": COCO_BACKGROUND}
+from wsss.clip.words import (BACKGROUND_WORDS, COCO_BACKGROUND, COCO_SYNONYMS, DEFAULT_TEMPLATE,  # noqa: F401
+                              SYNONYMS, VOC_BACKGROUND, VOC_SYNONYMS)
 
 
 def _imagenet_templates() -> tuple[str, ...]:

@@ -100,6 +100,19 @@ def mask_key(params: MaskParams, cam_key: str | None) -> str:
     return fingerprint({"params": asdict(params), "cam": cam_key})
 
 
+def stale_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, params: MaskParams,
+                shard: tuple[int, int] = (0, 1)) -> list[tuple]:
+    """The export tasks of this shard whose mask is missing or stale (its key is not the current one)."""
+    tasks = []
+    for _, row in shard_rows(dataset.table, *shard).iterrows():
+        out_path = Path(out_dir) / f"{row['id']}.png"
+        cam_file = cam_path(cam_dir, row["id"])
+        key = mask_key(params, stored_key(cam_file))
+        if stored_png_key(out_path) != key:
+            tasks.append((str(dataset.image_path(row)), str(cam_file), str(out_path), params, key))
+    return tasks
+
+
 def export_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, params: MaskParams | None = None, *,
                  workers: int | None = None, shard: tuple[int, int] = (0, 1), progress: bool = True,
                  start_method: str = "spawn") -> dict:
@@ -111,16 +124,8 @@ def export_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, p
     params = params or MaskParams()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = dataset.table
-    rows = shard_rows(table, *shard)
-    tasks = []
-    for _, row in rows.iterrows():
-        out_path = out_dir / f"{row['id']}.png"
-        cam_file = cam_path(cam_dir, row["id"])
-        key = mask_key(params, stored_key(cam_file))
-        if stored_png_key(out_path) == key:
-            continue
-        tasks.append((str(dataset.image_path(row)), str(cam_file), str(out_path), params, key))
+    rows = shard_rows(dataset.table, *shard)
+    tasks = stale_masks(dataset, cam_dir, out_dir, params, shard)
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     if progress:
         print(f"masks shard {shard[0]}/{shard[1]}: {len(tasks)} mask(s) to write, {len(rows) - len(tasks)} already "

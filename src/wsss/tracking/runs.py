@@ -38,6 +38,17 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+def open_store(uri: str | None = None):
+    """An MLflow client on the tracking store; opening a SQLite store checks its schema (seconds), once
+    per process: MLflow keeps the store."""
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(uri))
+    client.search_experiments(max_results=1)
+    return client
+
+
 def _git(*args: str) -> str:
     try:
         out = subprocess.run(["git", *args], cwd=project_root(), capture_output=True, text=True, timeout=10)
@@ -182,10 +193,7 @@ def start_stage_run(stage: str, params: Mapping[str, Any], *, experiment: str = 
                     uri: str | None = None) -> Iterator[StageRun]:
     """Open the MLflow run of one stage execution; FINISHED on success, KILLED on an interrupt, FAILED on
     any other exception. The parent run ends with the same status."""
-    _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri(uri))
+    client = open_store(uri)
     exp = client.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
     mark_stale_runs(client, experiment_id)

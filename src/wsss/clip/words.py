@@ -1,0 +1,30 @@
+"""The built-in words of the text side (CLIP-ES's): template, synonyms, background words. Plain data, so
+that settings checks and output keys can name them without loading torch."""
+
+DEFAULT_TEMPLATE = "a clean origami {}."
+
+# Synonym fusion: the class slot holds several synonyms in one comma-joined string (CLIP-ES's names).
+VOC_SYNONYMS = {
+    "bird": "bird avian",
+    "chair": "chair seat",
+    "person": "person with clothes,people,human",
+    "tvmonitor": "tvmonitor screen",
+}
+COCO_SYNONYMS = {
+    **VOC_SYNONYMS,
+    "tv": "tvmonitor screen",
+    "backpack": "backpack,bag",
+    "umbrella": "umbrella,parasol",
+    "handbag": "handbag,purse",
+    "tie": "necktie",
+    "remote": "remote control",
+}
+SYNONYMS = {"voc": VOC_SYNONYMS, "coco": COCO_SYNONYMS}
+
+VOC_BACKGROUND = (
+    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway",
+    "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street",
+    "valley", "bridge", "sign",
+)
+COCO_BACKGROUND = tuple(w for w in VOC_BACKGROUND if w not in ("keyboard", "sign"))
+BACKGROUND_WORDS = {"voc": VOC_BACKGROUND, "coco": COCO_BACKGROUND}
