@@ -40,7 +40,7 @@ from wsss.settings import CamsSettings
 from wsss.cam.engine import CamEngine  # noqa: E402
 from wsss.clip.dense import preprocess  # noqa: E402
 from wsss.clip.model import load_clip  # noqa: E402
-from wsss.clip.train_toy import average_precision  # noqa: E402
+from wsss.toyclip.train import average_precision  # noqa: E402
 from wsss.clip.text import encode_class_texts  # noqa: E402
 from wsss.metrics.confusion import ConfusionMatrix  # noqa: E402
 from wsss.toyworld import generate_toyworld  # noqa: E402

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from wsss.clip.model import load_clip  # noqa: E402
-from wsss.clip.train_toy import (TokenRows, _param_groups, image_tokens, keep_freed_memory,  # noqa: E402
+from wsss.toyclip.train import (TokenRows, _param_groups, image_tokens, keep_freed_memory,  # noqa: E402
                                  text_embeddings, tile_embeddings)
 
 CAPTIONS = ["a photo of a triangle and two circles.", "a red star in the sky.", "an arrow on the road.",

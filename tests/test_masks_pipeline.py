@@ -16,7 +16,7 @@ from wsss.data.vocab import Vocabulary
 from wsss.errors import DataError
 from wsss.settings import CrfSettings
 from wsss.masks.export import MaskParams, export_masks
-from wsss.masks.palette import load_mask, save_palette_png
+from wsss.data.palette import load_mask, save_palette_png
 from wsss.metrics.evaluate import (AblationRow, ablation, ablation_markdown, default_ablation_rows, evaluate_masks,
                                    splits_with_gt, write_report)
 from wsss.metrics.plots import example_grid, example_rows

@@ -106,8 +106,8 @@ def test_runs_of_dead_processes_are_marked_killed_at_the_next_start():
 
 def test_stage_runs_share_the_parent_of_their_pipeline_version():
     ids = []
-    for stage in ("a", "b"):
-        with start_stage_run(stage, {}, experiment="stage-pattern-test") as run:
+    for name in ("a", "b"):
+        with start_stage_run(name, {}, experiment="stage-pattern-test") as run:
             ids.append(run.client.get_run(run.run_id).data.tags["mlflow.parentRunId"])
     assert ids[0] == ids[1]
 

@@ -10,9 +10,10 @@ import torch
 
 from wsss.clip.model import load_clip
 from wsss.clip.dense import DenseViT, accumulate_attention
-from wsss.clip.train_toy import (TokenRows, _param_groups, affinity_loss, block_forward, caption_tokens, crop_params,
-                                 image_tokens, mosaic, multi_positive_loss, paste, paste_consistency,
-                                 text_embeddings, tile_embeddings, tile_means, train_toy_clip)
+from wsss.toyclip.settings import ToyClipTraining
+from wsss.toyclip.train import (TokenRows, _param_groups, affinity_loss, block_forward, caption_tokens, crop_params,
+                                image_tokens, mosaic, multi_positive_loss, paste, paste_consistency, text_embeddings,
+                                tile_embeddings, tile_means, train_toy_clip)
 from wsss.errors import ConfigError
 from wsss.toyworld import generate_toyworld
 from wsss.toyworld.generate import drawn_otherwise
@@ -193,15 +194,15 @@ def tiny_corpus(tmp_path_factory):
 
 def test_short_training_run(tmp_path, tiny_corpus):
     out = tmp_path / "assets" / "toy.pt"
-    metrics = train_toy_clip(tiny_corpus, out, epochs=30, batch_size=16, lr=2e-3, max_steps=24, seed=0,
-                             eval_root=tiny_corpus, progress=False, log_every=4)
+    settings = ToyClipTraining(epochs=30, batch_size=16, lr=2e-3, max_steps=24, seed=0, log_every=4)
+    metrics = train_toy_clip(tiny_corpus, out, settings, eval_root=tiny_corpus, progress=False)
     assert metrics["steps"] == 24
     assert metrics["final_loss"] < metrics["first_loss"]
     assert 0 <= metrics["val_zero_shot_map"] <= 100
     state = torch.load(out, weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    assert sidecar["model"] == "wsss-toy-vit" and sidecar["params"]["batch_size"] == 16
+    assert sidecar["model"] == "wsss-toy-vit" and sidecar["params"] == settings.as_dict()  # the sidecar is its asdict
     assert sidecar["metrics"]["steps"] == 24 and sidecar["history"]
     model, _ = load_clip("wsss-toy-vit", str(out))
     assert model.encode_image(torch.zeros(1, 3, 64, 64)).shape == (1, model.visual.output_dim)
@@ -209,20 +210,22 @@ def test_short_training_run(tmp_path, tiny_corpus):
 
 
 def test_generates_the_corpus_when_missing(tmp_path, monkeypatch):
-    from wsss.clip import train_toy
+    from wsss.toyclip import train as train_toy
 
     monkeypatch.setattr(train_toy, "CORPUS", dict(num_train=20, num_val=0, image_size=64, seed=1, empty_fraction=0.1))
-    metrics = train_toy_clip(tmp_path / "corpus", tmp_path / "m.pt", batch_size=8, max_steps=2, progress=False)
+    metrics = train_toy_clip(tmp_path / "corpus", tmp_path / "m.pt", ToyClipTraining(batch_size=8, max_steps=2),
+                             progress=False)
     assert (tmp_path / "corpus" / "classes.txt").exists() and metrics["steps"] == 2
     assert drawn_otherwise(tmp_path / "corpus", **train_toy.CORPUS) == {}
 
 
 def test_a_corpus_drawn_otherwise_is_named(tiny_corpus, caplog):
-    from wsss.clip.train_toy import CORPUS
+    from wsss.toyclip.train import CORPUS
 
     assert drawn_otherwise(tiny_corpus, **CORPUS) == {"seed": 5, "empty_fraction": 0.1}
     with caplog.at_level("WARNING"):
-        train_toy_clip(tiny_corpus, tiny_corpus.parent / "m.pt", batch_size=8, max_steps=1, progress=False)
+        train_toy_clip(tiny_corpus, tiny_corpus.parent / "m.pt", ToyClipTraining(batch_size=8, max_steps=1),
+                       progress=False)
     assert "'seed': 5" in caplog.text and "not as the default corpus" in caplog.text
 
 
@@ -230,6 +233,6 @@ def test_a_corpus_drawn_otherwise_is_named(tiny_corpus, caplog):
 def test_bad_settings_fail_before_any_work(tmp_path, bad):
     from wsss.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=next(iter(bad))):
-        train_toy_clip(tmp_path / "corpus", tmp_path / "m.pt", progress=False, **bad)
+    with pytest.raises(ConfigError, match=f"train-toy-clip.{next(iter(bad))}: expected"):
+        train_toy_clip(tmp_path / "corpus", tmp_path / "m.pt", ToyClipTraining(**bad), progress=False)
     assert not (tmp_path / "corpus").exists()  # no corpus generated for a run that cannot start

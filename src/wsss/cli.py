@@ -15,6 +15,7 @@ import typer
 from wsss.errors import WsssError
 from wsss.prefect_env import apply_prefect_defaults
 from wsss.settings import ToyworldSettings, ValidationSettings
+from wsss.toyclip.settings import ToyClipTraining
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + SemPLeS), as a "
@@ -109,19 +110,26 @@ def toyworld(out: Path = typer.Argument(..., help="Output dataset root (replaced
     typer.echo(f"wrote {out}: {stats}")
 
 
+_TRAIN = ToyClipTraining()
+
+
 @app.command("train-toy-clip")
 def train_toy_clip_cmd(data_root: Path = typer.Option(Path("data/raw/toyclip-corpus"),
                                                       help="Toy-world corpus (generated there if absent)."),
                        out: Path = typer.Option(Path("assets/toyclip/wsss-toy-vit.pt"), help="fp16 checkpoint."),
-                       epochs: float = typer.Option(12.5), batch_size: int = typer.Option(64),
-                       lr: float = typer.Option(1e-3), seed: int = typer.Option(0),
+                       epochs: float = typer.Option(_TRAIN.epochs), batch_size: int = typer.Option(_TRAIN.batch_size),
+                       lr: float = typer.Option(_TRAIN.lr), seed: int = typer.Option(_TRAIN.seed),
                        max_steps: Optional[int] = typer.Option(None, help="Stop early (smoke runs)."),
-                       threads: int = typer.Option(2, help="torch CPU threads.")):
-    """Train the toy world's small CLIP contrastively on its captions (CPU, minutes) and save it."""
-    from wsss.clip.train_toy import train_toy_clip
+                       threads: int = typer.Option(_TRAIN.num_threads, help="torch CPU threads.")):
+    """Train the toy world's small CLIP contrastively on its captions (CPU, minutes) and save it; the
+    other settings are `wsss.toyclip.settings.ToyClipTraining`'s defaults, recorded in the sidecar."""
+    from dataclasses import replace
 
-    result = train_toy_clip(data_root, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            max_steps=max_steps, num_threads=threads)
+    from wsss.toyclip.train import train_toy_clip
+
+    settings = replace(_TRAIN, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps,
+                       num_threads=threads)
+    result = train_toy_clip(data_root, out, settings)
     typer.echo(f"wrote {out}: {result}")
 
 

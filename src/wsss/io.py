@@ -73,11 +73,3 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Compressed npz, atomically (np.savez_compressed appends .npz to names without it, so use a handle)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
-
-
-def save_image(path: str | os.PathLike, image, **save_kwargs) -> None:
-    """Save a PIL image atomically, format taken from `path`'s suffix."""
-    path = Path(path)
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower())
-    with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt, **save_kwargs)

@@ -88,7 +88,7 @@ def embed_tokens(visual: nn.Module, pixels: torch.Tensor,
     """[B, 3, H', W'] → tokens [B, 1 + h·w, D]: patch embedding, CLS, `pos_embed(h, w)`, ln_pre.
 
     The positional embedding comes from the caller: cached and frozen for CAMs (`DenseViT`), live and
-    trainable when the toy CLIP trains on mosaics (`wsss.clip.train_toy`)."""
+    trainable when the toy CLIP trains on mosaics (`wsss.toyclip.train`)."""
     x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
     bsz, dim, h, w = x.shape
     x = x.reshape(bsz, dim, h * w).permute(0, 2, 1)

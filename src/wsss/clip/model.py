@@ -23,7 +23,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from torch import nn
 
 from wsss.errors import ConfigError
 
@@ -194,7 +193,3 @@ def clip_config(model_name: str) -> dict:
     if cfg is None:
         raise ConfigError(f"unknown CLIP model {model_name!r}")
     return cfg
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -20,7 +20,7 @@ from wsss.cam.store import CamRecord, cam_path, load_cam, stored_key
 from wsss.data.images import load_rgb_array
 from wsss.errors import DataError
 from wsss.masks.crf import crf_refine
-from wsss.masks.palette import save_palette_png, stored_png_key
+from wsss.data.palette import save_palette_png, stored_png_key
 from wsss.parallel import run_pool
 from wsss.shards import shard_rows
 from wsss.masks.pseudo import argmax_labels, background_score, confidence_mask, stack_with_background

@@ -27,7 +27,7 @@ from wsss.settings import CrfSettings
 from wsss.data.images import load_rgb_array
 from wsss.masks.export import MaskParams, export_mask
 from wsss.parallel import run_pool
-from wsss.masks.palette import load_mask
+from wsss.data.palette import load_mask
 from wsss.metrics.confusion import ConfusionMatrix
 
 if TYPE_CHECKING:

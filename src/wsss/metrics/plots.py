@@ -13,7 +13,7 @@ import numpy as np
 
 from wsss.data.vocab import Vocabulary
 from wsss.io import atomic_path
-from wsss.masks.palette import colorize, load_mask
+from wsss.data.palette import colorize, load_mask
 
 if TYPE_CHECKING:
     from wsss.data.manifest import Dataset

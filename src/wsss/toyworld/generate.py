@@ -40,7 +40,7 @@ from tqdm import tqdm
 from wsss import interrupt
 from wsss.errors import ConfigError
 from wsss.io import atomic_dir, write_json, write_text
-from wsss.masks.palette import save_palette_png
+from wsss.data.palette import save_palette_png
 from wsss.toyworld.shapes import CLASS_PATTERNS, MAX_ROTATION, PATTERNS, SHAPES
 from wsss.settings import ToyworldSettings
 from wsss.toyworld.textures import TEXTURES, draw_background

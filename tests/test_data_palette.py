@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from wsss.errors import DataError
-from wsss.masks.palette import VOC_PALETTE, colorize, load_mask, save_palette_png
+from wsss.data.palette import VOC_PALETTE, colorize, load_mask, save_palette_png
 
 
 def reference_palette():

@@ -1,54 +1,13 @@
 """Train the project's small CLIP (`wsss-toy-vit`, an open_clip config) on toy-world captions, on a CPU.
 
-Why it is trained the way it is (each choice serves the CAMs computed from it, docs/method.md §2):
-- The image embedding is the mean of the patch tokens after ln_post (the config's `pool_type: avg`),
-  exactly the path CAM scoring uses, so every patch token must carry the meaning of its own region.
-- Captions in varied templates, sometimes with colour words and the background, teach the text encoder
-  the class and background words that CAM scoring feeds it.
-- A caption names some or all objects and claims only what it names ("a photo of a triangle." is true
-  of every image with a triangle, which is what a single-class prompt asks at CAM time). Captions repeat
-  and fit several images of a batch; the contrastive targets are the normalised matrix of "caption j
-  fits image i" (`wsss.toyworld.captions.fit_matrix`), not the identity.
-- Half of the steps show the images as tiles of 2×2 mosaics, and each tile's embedding is the mean of
-  its own patch tokens: a token that carries another tile's content pulls its tile towards the wrong
-  caption, so patch tokens learn to speak for their own region (`tile_embeddings`).
-- softmax-GradCAM does not read the patch tokens themselves: it differentiates at the last block's ln_1,
-  whose output reaches the score only through that block's attention, so CAM_k(i) is, to first order,
-  the class-k read-out of token i's value path W_o·W_v·ln_1(x_i) (docs/method.md §2). Trained on its
-  embeddings alone (with mosaics), the model localises in its patch tokens (a direct patch–text
-  read-out: 42 % mIoU) while its GradCAM does not (23 %): nothing asks that value path to carry the
-  class. So the mean value path of every image or tile, through ln_post's scale and the projection,
-  gets the same contrastive loss (`value_embeddings`): 56 % GradCAM mIoU at equal training (1,000
-  steps; a class-token loss, the other way to load the last attention, reached 37 %).
-- CAA (docs/method.md §3) reads the blocks' averaged attention as an affinity: a patch should attend to the
-  patches of its own object or background. A large CLIP's attention does; this one, trained on captions
-  for minutes, pools instead (every patch attends to the salient ones): without the two terms below its
-  Sinkhorn-normalised A² was uniform (perplexity 63.9 of 64 patches) and CAA lowered the toy CAMs from
-  57.6 % to 42.4 % mIoU. Two label-free terms give the attention that property:
-  `affinity_loss` pulls the averaged attention of a few inputs per step towards the softmax of their own
-  output tokens' cosine similarities; `paste_consistency` pastes a rectangle of another image into a
-  quarter of the plain-step images and asks every token to stay what it was in the clean image its
-  content came from, which a token can only do if it attends to its own kind. With them (A² perplexity
-  59.7, 2,812 steps on a world of freely turned objects) CAA lifts the CAMs from 46.3 % to 56.7 % and the
-  CAA + CRF pseudo masks reach 68.9 % (46.5 % without the terms). The price: the raw GradCAM is sparser
-  (46.3 % instead of 57.6 %; it marks object outlines more than interiors, which the affinity fills in)
-  and zero-shot mAP is 88.8 % instead of 90.1 % (with mean pooling, background tokens that no longer copy
-  the object dilute the image embedding). Trained longer, both terms converge towards tokens that carry
-  none of their neighbours' meaning, and the raw GradCAM keeps thinning: at 4,688 steps (objects leaning
-  ±20°) it was 39.2 % with the paste term at weight 1 (96.0 % mAP, 57.0 % after CAA; one run, and runs
-  that differ only in the rounding of a sum spread by about a point: an earlier one gave 40.4 %). At
-  weight 0.5, the default, the shipped checkpoint reaches 95.4 % mAP, 41.3 % raw GradCAM and 58.7 %
-  after CAA (README, "The toy world and the small CLIP").
-- Random crops that keep every object (boxes from the corpus annotations) and flips change scale and
-  position, so the model cannot tie a class to a place in the grid.
-- The corpus is its own toy world (another seed, some background-only images, the same planted
-  co-occurrence): CLIP plays a model pretrained elsewhere and never sees the WSSS dataset.
-- Speed on a CPU, because the budget is minutes: both towers run their blocks through `block_forward`
-  (attention written out; PyTorch's fused CPU kernel spent half of each step in its backward at these
-  sequence lengths), text is cut after the batch's longest caption, AdamW is the fused kernel, only the
-  token-embedding rows the captions use are trained (`TokenRows`), and glibc keeps freed blocks in the
-  heap instead of page-faulting them in every step (`keep_freed_memory`). Together about 2× the steps
-  per minute (`benchmarks/train_step.py`).
+Every choice serves the CAMs computed from the model (docs/method.md §2–3): a mean-of-patch-tokens image
+embedding, as CAM scoring reads it; captions that claim only what they name (multi-positive contrastive
+targets, `fit_matrix`); 2×2 mosaics whose tiles must match their own captions (`tile_embeddings`); the
+same loss on the last block's value path, which softmax-GradCAM differentiates (`value_embeddings`); an
+attention-affinity term and a paste-consistency term so that CAA's affinity means something
+(`affinity_loss`, `paste_consistency`); crops that keep every object; and a CPU-fast step (`block_forward`,
+`TokenRows`, fused AdamW, `keep_freed_memory`). Why each one, with the measurements behind it and what
+was tried: docs/toy-clip.md. Settings: `ToyClipTraining` (the sidecar's `params`).
 """
 
 from __future__ import annotations
@@ -69,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wsss.errors import ConfigError, DataError
+from wsss.toyclip.settings import ToyClipTraining
 from wsss.io import atomic_path, write_json
 from wsss.toyworld.captions import Facts, fit_matrix, make_caption, read_facts
 from wsss.toyworld.generate import drawn_otherwise
@@ -419,39 +379,11 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((precision * hits).sum() / max(hits.sum(), 1))
 
 
-def train_toy_clip(
-    data_root: str | os.PathLike = "data/raw/toyclip-corpus",
-    out_path: str | os.PathLike = "assets/toyclip/wsss-toy-vit.pt",
-    *,
-    model_name: str = "wsss-toy-vit",
-    split: str = "train",
-    epochs: float = 12.5,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
-    warmup_frac: float = 0.05,
-    seed: int = 0,
-    max_images: int | None = None,
-    max_steps: int | None = None,
-    num_threads: int = 2,
-    bf16: bool = True,
-    p_crop: float = 0.5,
-    p_background: float = 0.4,
-    p_colour: float = 0.3,
-    p_partial: float = 0.5,
-    freeze_token_embedding: bool = False,
-    p_mosaic: float = 0.5,
-    value_weight: float = 1.0,
-    paste_fraction: float = 0.25,
-    paste_weight: float = 0.5,
-    affinity_weight: float = 0.1,
-    affinity_images: int = 8,
-    affinity_tau: float = 0.1,
-    eval_root: str | os.PathLike | None = None,
-    log_every: int = 25,
-    progress: bool = True,
-) -> dict:
-    """Train `model_name` from scratch on the captions of the toy world at `data_root`; save fp16 weights.
+def train_toy_clip(data_root: str | os.PathLike = "data/raw/toyclip-corpus",
+                   out_path: str | os.PathLike = "assets/toyclip/wsss-toy-vit.pt",
+                   settings: ToyClipTraining | None = None, *, eval_root: str | os.PathLike | None = None,
+                   progress: bool = True) -> dict:
+    """Train `settings.model_name` from scratch on the captions of the toy world at `data_root`; save fp16 weights.
 
     If `data_root` holds no toy world, the default corpus (`CORPUS`) is generated there first. Writes
     `out_path` (an open_clip state dict in fp16, loadable with `load_clip(model_name, out_path)`) and
@@ -462,16 +394,13 @@ def train_toy_clip(
 
     from wsss.clip.model import clip_config, register_configs
 
+    cfg = settings or ToyClipTraining()
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    torch.set_num_threads(num_threads)
+    torch.set_num_threads(cfg.num_threads)
     keep_freed_memory()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     data_root, out_path = Path(data_root), Path(out_path)
-    if batch_size < 2:
-        raise ConfigError(f"train-toy-clip: batch_size must be at least 2, got {batch_size}")
-    if not 0 <= paste_fraction <= 0.5:  # the pasted images and their sources are two disjoint parts of a batch
-        raise ConfigError(f"train-toy-clip: paste_fraction must be in [0, 0.5], got {paste_fraction}")
     if not (data_root / "Annotations").is_dir():
         from wsss.toyworld import generate_toyworld
 
@@ -481,27 +410,27 @@ def train_toy_clip(
         log.warning("%s was drawn with %s, not as the default corpus: the model will differ from the "
                     "shipped one (delete the folder to regenerate it)", data_root, differs)
     register_configs()
-    images, facts, boxes, _ = load_corpus(data_root, split, max_images)
-    cfg = clip_config(model_name)
-    size = cfg["vision_cfg"]["image_size"]
+    images, facts, boxes, _ = load_corpus(data_root, cfg.split, cfg.max_images)
+    model_cfg = clip_config(cfg.model_name)
+    size = model_cfg["vision_cfg"]["image_size"]
     if images.shape[-1] != size or images.shape[-2] != size:
-        raise DataError(f"{data_root}: images are {tuple(images.shape[-2:])}, model {model_name} wants {size}")
-    model = open_clip.create_model(model_name, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(model_name)
+        raise DataError(f"{data_root}: images are {tuple(images.shape[-2:])}, model {cfg.model_name} wants {size}")
+    model = open_clip.create_model(cfg.model_name, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(cfg.model_name)
     tokenize_captions = caption_tokens(tokenizer)
     model.train()
     model.token_embedding.requires_grad_(False)
     # fixed random word vectors (freeze_token_embedding) or the rows the captions use, trained (TokenRows)
-    rows = None if freeze_token_embedding else TokenRows(model.token_embedding)
+    rows = None if cfg.freeze_token_embedding else TokenRows(model.token_embedding)
     n = len(facts)
-    steps_per_epoch = max(n // batch_size, 1)
-    total = max(1, int(round(epochs * steps_per_epoch)))
-    if max_steps:
-        total = min(total, max_steps)
-    warmup = max(1, int(warmup_frac * total))
-    groups = _param_groups(model, weight_decay, rows)
+    steps_per_epoch = max(n // cfg.batch_size, 1)
+    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = max(1, int(cfg.warmup_frac * total))
+    groups = _param_groups(model, cfg.weight_decay, rows)
     params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
     history: list[dict] = []
@@ -509,37 +438,37 @@ def train_toy_clip(
     perm, pos = rng.permutation(n), 0
     bar = tqdm(range(total), desc="train toy CLIP", unit="step", disable=not progress)
     for step in bar:
-        if pos + batch_size > n:
+        if pos + cfg.batch_size > n:
             perm, pos = rng.permutation(n), 0
-        idx = perm[pos:pos + min(batch_size, n)]
+        idx = perm[pos:pos + min(cfg.batch_size, n)]
         pos += len(idx)
-        x = augment(images[idx], boxes[idx], rng, p_crop=p_crop)
-        caps = [make_caption(facts[i], rng, p_background=p_background, p_colour=p_colour, p_partial=p_partial)
+        x = augment(images[idx], boxes[idx], rng, p_crop=cfg.p_crop)
+        caps = [make_caption(facts[i], rng, p_background=cfg.p_background, p_colour=cfg.p_colour, p_partial=cfg.p_partial)
                 for i in idx]
         fits = fit_matrix([facts[i] for i in idx], [c[1] for c in caps])
         tokens = tokenize_captions([c[0] for c in caps])
-        k = 2 if len(idx) % 4 == 0 and rng.random() < p_mosaic else 1
-        m = int(paste_fraction * len(idx)) if k == 1 else 0
+        k = 2 if len(idx) % 4 == 0 and rng.random() < cfg.p_mosaic else 1
+        m = int(cfg.paste_fraction * len(idx)) if k == 1 else 0
         if m:
             pasted, where = paste(x[:m], x[m:2 * m], model.visual.patch_size[0], rng)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             inputs = torch.cat([x, pasted]) if m else (mosaic(x, k) if k > 1 else x)
-            a_imgs = (affinity_images // (k * k) or 1) if affinity_weight > 0 else 0  # clean images or mosaics
+            a_imgs = (cfg.affinity_images // (k * k) or 1) if cfg.affinity_weight > 0 else 0  # clean images or mosaics
             z, values, attn = image_tokens(model.visual, inputs, a_imgs)
             if m:
                 z, values, z_pasted = z[:len(idx)], values[:len(idx)], z[len(idx):]
             img = tile_embeddings(model.visual, z, k)
-            val = value_embeddings(model.visual, values, k) if value_weight > 0 else None
+            val = value_embeddings(model.visual, values, k) if cfg.value_weight > 0 else None
             txt = text_embeddings(model, tokens, rows)
         img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
         scale = model.logit_scale.exp()
         loss = multi_positive_loss(scale * img @ txt.T, fits)
         if attn is not None:
-            loss = loss + affinity_weight * affinity_loss(attn, z[:a_imgs], affinity_tau)
+            loss = loss + cfg.affinity_weight * affinity_loss(attn, z[:a_imgs], cfg.affinity_tau)
         if m:
-            loss = loss + paste_weight * paste_consistency(z, z_pasted, where)
+            loss = loss + cfg.paste_weight * paste_consistency(z, z_pasted, where)
         if val is not None:
-            loss = loss + value_weight * multi_positive_loss(scale * F.normalize(val.float(), dim=-1) @ txt.T, fits)
+            loss = loss + cfg.value_weight * multi_positive_loss(scale * F.normalize(val.float(), dim=-1) @ txt.T, fits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -548,12 +477,12 @@ def train_toy_clip(
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(float(loss.detach()))
-        if (step + 1) % log_every == 0 or step + 1 == total:
-            rec = {"step": step + 1, "loss": float(np.mean(losses[-log_every:])), "lr": sched.get_last_lr()[0],
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            rec = {"step": step + 1, "loss": float(np.mean(losses[-cfg.log_every:])), "lr": sched.get_last_lr()[0],
                    "logit_scale": float(model.logit_scale.detach().exp()), "seconds": round(time.perf_counter() - t_start, 1)}
             history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", scale=f"{rec['logit_scale']:.1f}")
-            log.info("step %d/%d loss %.4f lr %.2e scale %.1f", step + 1, total, rec["loss"], rec["lr"],
+            log.info("step %d/%d loss %.4f cfg.lr %.2e scale %.1f", step + 1, total, rec["loss"], rec["lr"],
                      rec["logit_scale"])
     bar.close()
     if rows is not None:
@@ -562,9 +491,9 @@ def train_toy_clip(
     model.eval()
     metrics = {
         "steps": total,
-        "samples_seen": total * min(batch_size, n),
-        "first_loss": float(np.mean(losses[:min(log_every, len(losses))])),
-        "final_loss": float(np.mean(losses[-min(log_every, len(losses)):])),
+        "samples_seen": total * min(cfg.batch_size, n),
+        "first_loss": float(np.mean(losses[:min(cfg.log_every, len(losses))])),
+        "final_loss": float(np.mean(losses[-min(cfg.log_every, len(losses)):])),
         "logit_scale": float(model.logit_scale.detach().exp()),
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
@@ -581,20 +510,13 @@ def train_toy_clip(
     with atomic_path(out_path) as tmp:
         torch.save(state, tmp)
     sidecar = {
-        "model": model_name,
-        "config": cfg,
+        "model": cfg.model_name,
+        "config": model_cfg,
         "format": "open_clip state_dict, fp16",
-        "corpus": {"root": str(data_root), "split": split, "images": n,
+        "corpus": {"root": str(data_root), "split": cfg.split, "images": n,
                    "generator": json.loads((data_root / "stats.json").read_text()) if (data_root / "stats.json").exists()
                    else None},
-        "params": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                   "warmup_frac": warmup_frac, "seed": seed, "max_images": max_images, "max_steps": max_steps,
-                   "num_threads": num_threads, "bf16": bf16, "p_crop": p_crop, "p_background": p_background,
-                   "p_colour": p_colour, "p_partial": p_partial, "freeze_token_embedding": freeze_token_embedding,
-                   "p_mosaic": p_mosaic, "value_weight": value_weight,
-                   "paste_fraction": paste_fraction, "paste_weight": paste_weight,
-                   "affinity_weight": affinity_weight, "affinity_images": affinity_images,
-                   "affinity_tau": affinity_tau},
+        "params": cfg.as_dict(),
         "metrics": metrics,
         "history": history,
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version()},
