@@ -63,6 +63,7 @@ def cams(settings, run) -> dict:
                "images_per_second": computed / seconds if computed else 0.0,
                "megapixels_per_second": sum(s.pixels for s in stats) / 1e6 / seconds if computed else 0.0}
     run.log_metrics(metrics)
+    Path(OVERLAYS).parent.mkdir(parents=True, exist_ok=True)  # a DVC output, even with no overlays drawn
     if len(ds) and cfg.overlays:
         rows, ids = example_rows(ds, cfg.out, mask_dir=cfg.out, n=cfg.overlays)  # no masks yet
         grid = example_grid([r[:4] for r in rows], Path(OVERLAYS), titles=("image", "ground truth", "CAM", "CAA"),

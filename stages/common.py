@@ -5,7 +5,9 @@
    second, before anything heavy is imported or any output is touched;
 2. install the SIGINT/SIGTERM handlers (`wsss.interrupt`): a stop finishes the image in flight, ends
    the MLflow run KILLED and exits 130/143;
-3. give the stage a Prefect API (`wsss.prefect_env.local_api`) and run its body as a Prefect flow that
+3. `pending(settings)`: count missing/stale outputs; none → stop here (no Prefect, no MLflow run);
+4. start the stage's Prefect API (`wsss.prefect_env.local_api`), which boots in its own process while
+   this one imports Prefect, MLflow and the stage's `imports`; then run the body as a Prefect flow that
    opens one MLflow run (`wsss.tracking`) logging the stage's typed settings.
 User errors (`WsssError`) become a Failed state with a one-line message and exit code 1; they are never
 retried. Stage modules import their heavy dependencies inside the body, so step 1 stays fast.
@@ -107,18 +109,19 @@ def main(stage: Stage) -> None:
             with local_api(wait=False) as api:  # the API boots in its own process while this one imports
                 preload(stage, settings)
                 timings.mark("imports")
-                wait_until_ready(api)
+                wait_until_ready(*api)
                 timings.mark("prefect_api")
                 state = stage.flow(settings)(settings, return_state=True)
                 timings.mark("flow_end")
+    except WsssError as e:  # found before the flow (e.g. by `pending`): one line, like any user error
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
     except BaseException as e:
         if not is_interrupt(e):
             raise
+        request_stop(getattr(e, "signal", signal.SIGINT))
         print(f"interrupted: {stage.name} stopped; finished outputs are kept, a rerun resumes", file=sys.stderr)
         raise SystemExit(exit_code())
-    except WsssError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1)
     if state.is_failed() or state.is_crashed():
         print(f"error: {stage.name} failed: {state.message}", file=sys.stderr)
         raise SystemExit(1)

@@ -26,9 +26,14 @@ def alpha_rows(alphas):
 @stage("evaluate_masks", ["evaluate_masks"], imports=("wsss.metrics.evaluate", "wsss.metrics.plots"))
 def evaluate(settings, run) -> dict:
     """Score the pseudo masks against ground truth; write metrics, plots, the ablation table."""
+    from wsss.errors import ConfigError
     from wsss.io import atomic_dir
 
     out = Path(settings.evaluate_masks.out)
+    for other in (settings.validation.report_dir, "reports/cams", settings.cams.out, settings.masks.out):
+        if out.resolve() == Path(other).resolve() or out.resolve() in Path(other).resolve().parents:
+            raise ConfigError(f"evaluate_masks.out: {out} would replace {other}, another stage's output "
+                              "(the report folder is rewritten whole)")
     with atomic_dir(out) as tmp:  # a failed evaluation leaves the previous report whole
         metrics, per_class = write_reports(settings, tmp)
     for split, values in metrics.items():
@@ -50,6 +55,8 @@ def write_reports(settings, out: Path) -> tuple[dict, dict]:
     cfg, cam_dir, mask_dir = settings.evaluate_masks, settings.cams.out, settings.masks.out
     ds = cam_split(settings)
     splits = splits_with_gt(ds)
+    print(f"evaluate_masks: scoring the masks of {len(ds)} images on the splits with ground truth "
+          f"({', '.join(splits) or 'none'}), then the ablation and plots")
     metrics: dict = {}
     per_class: dict = {}
     for folder in ("tables", "plots"):  # DVC outputs: present even when no split has ground truth

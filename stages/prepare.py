@@ -25,7 +25,8 @@ def prepare(settings, run) -> dict:
     data, rules = settings.data, settings.validation
     ds = task(read_dataset_source, name="read")(data.root, format=data.format, classes=data.classes,
                                                 splits=data.splits, labels=data.labels)
-    print(f"read {len(ds)} images, {ds.vocab.num_classes} classes from {data.root}")
+    print(f"prepare: read {len(ds)} images, {ds.vocab.num_classes} classes from {data.root}; validating, then "
+          f"writing {data.prepared} only if the drop passes")
     report_dir = Path(rules.report_dir)
     result = task(validate_dataset, name="validate")(ds, report_dir, max_pixels=rules.max_pixels,
                                                      min_side=rules.min_side)

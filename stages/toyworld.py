@@ -7,12 +7,13 @@ from stages.common import main, stage
 
 @stage("toyworld", ["toyworld"], imports=("wsss.toyworld",))
 def toyworld(settings, run) -> dict:
-    """Generate the toy world into a temporary folder and swap it in whole."""
-    from wsss.io import atomic_dir
+    """Generate the toy world (drawn into a temporary folder and swapped in whole)."""
     from wsss.toyworld import generate_from_settings
 
-    with atomic_dir(settings.toyworld.root) as tmp:
-        stats = generate_from_settings(tmp, settings.toyworld)
+    cfg = settings.toyworld
+    print(f"toyworld: drawing {cfg.num_train} train + {cfg.num_val} val images (seed {cfg.seed}) into {cfg.root}, "
+          "replacing it whole")
+    stats = generate_from_settings(cfg.root, cfg)
     run.log_dict(stats, "toyworld_stats.json")
     run.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
     return stats

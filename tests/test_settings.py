@@ -35,14 +35,14 @@ def test_params_yaml_lists_every_setting():
     ({"cams": {"batch_size": 2.5}}, "cams.batch_size: expected an integer, got 2.5"),
     ({"cams": {"refine": "yes"}}, "cams.refine: expected true/false, got 'yes'"),
     ({"cams": {"sinkhorn_rounds": -1}}, "cams.sinkhorn_rounds: expected a value ≥ 0, got -1"),
-    ({"cams": {"splits": "train"}}, "cams.splits: expected a list of a string, got 'train'"),
+    ({"cams": {"splits": "train"}}, "cams.splits: expected a list of strings, got 'train'"),
     ({"cams": {"refine": True, "caa_layers": 0}}, "cams.caa_layers: must be ≥ 1 when cams.refine is true"),
     ({"masks": {"crf": {"iterations": 2.5}}}, "masks.crf.iterations: expected an integer, got 2.5"),
     ({"masks": {"alpha": 0}}, "masks.alpha: expected a value > 0, got 0.0"),
     ({"data": {"format": "yolo"}}, "data.format: expected one of voc/coco/custom/auto, got 'yolo'"),
     ({"clip": {"device": "gpu"}}, "clip.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
     ({"text": {"templates": ["a photo"]}}, "text.templates: expected a non-empty list of templates, each with {}"),
-    ({"toyworld": {"size_range": [0.3]}}, "toyworld.size_range: expected a list of 2 a number, got [0.3]"),
+    ({"toyworld": {"size_range": [0.3]}}, "toyworld.size_range: expected a list of 2 numbers, got [0.3]"),
     (["cams"], "expected a mapping of sections at the top level, got list"),
 ])
 def test_each_mistake_is_one_line(raw, message):

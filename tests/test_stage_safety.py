@@ -159,11 +159,12 @@ def test_signal_stops_the_stage_within_seconds(busy, sig, code):
     sent = time.monotonic()
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert time.monotonic() - sent < 10
+    assert time.monotonic() - sent < 30  # the batch in flight, then the MLflow/Prefect bookkeeping
     assert proc.returncode == code, err[-3000:]
     assert "interrupted: cams stopped" in err
     assert "connection attempts failed" not in (out + err).lower()
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, "the stage's Prefect API outlived it"
     assert _runs(busy, "cams")[-1].info.status == "KILLED"
     done = list((busy / "cams").glob("*.npz"))
     assert len(done) < 80 and not list((busy / "cams").glob(".*"))  # finished files whole, no temp files

@@ -38,22 +38,33 @@ def repro(stage: Optional[str] = typer.Argument(None, help="Reproduce up to this
           force: bool = typer.Option(False, "--force", "-f", help="Rerun even if nothing changed.")):
     """Run the DVC pipeline (`dvc repro`) with one local Prefect API shared by all its stages (instead of
     one started per stage); with $PREFECT_API_URL set, that server is used."""
-    import signal
-
     from wsss.prefect_env import local_api
 
     cmd = [sys.executable, "-m", "dvc", "repro", *([stage] if stage else []), *(["--force"] if force else [])]
     root = _project_root()
     with local_api(wait=False):  # inherited by dvc and its stages, which wait for it while DVC starts
-        proc = subprocess.Popen(cmd, cwd=root)
-        signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+        code = _run_child(cmd, root)
+    raise typer.Exit(code)
+
+
+def _run_child(cmd: list[str], cwd: Path) -> int:
+    """Run a child that handles its own interrupts: a terminal's Ctrl-C reaches it directly, so wait for it
+    to stop cleanly (MLflow run KILLED, outputs whole); a SIGTERM sent to us is passed on. Returns its exit
+    code, 128 + N when a signal N ended it."""
+    import signal
+
+    proc = subprocess.Popen(cmd, cwd=cwd)
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
         while True:
             try:
                 code = proc.wait()
                 break
-            except KeyboardInterrupt:  # the terminal sent Ctrl-C to dvc and its stage too: let them stop cleanly
+            except KeyboardInterrupt:
                 continue
-    raise typer.Exit(code)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 128 - code if code < 0 else code
 
 
 @app.command()
@@ -61,7 +72,7 @@ def stage(name: str = typer.Argument(..., help=f"One of: {', '.join(STAGES)}."))
     """Run one stage directly (no DVC bookkeeping), as a Prefect flow tracked in MLflow."""
     if name not in STAGES:
         raise WsssError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    raise typer.Exit(subprocess.call([sys.executable, "-m", f"stages.{name}"], cwd=_project_root()))
+    raise typer.Exit(_run_child([sys.executable, "-m", f"stages.{name}"], _project_root()))
 
 
 _CHECKS = ValidationSettings()
@@ -101,12 +112,10 @@ def toyworld(out: Path = typer.Argument(..., help="Output dataset root (replaced
     """Generate a toy world (VOC format) deterministically from a seed; other settings as params.yaml's."""
     from dataclasses import replace
 
-    from wsss.io import atomic_dir
     from wsss.toyworld import generate_from_settings
 
     settings = replace(_TOY, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
-    with atomic_dir(out) as tmp:
-        stats = generate_from_settings(tmp, settings)
+    stats = generate_from_settings(out, settings)
     typer.echo(f"wrote {out}: {stats}")
 
 

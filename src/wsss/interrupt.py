@@ -32,9 +32,9 @@ def check() -> None:
 
 
 def is_interrupt(error: BaseException) -> bool:
-    """A stop rather than a failure: Ctrl-C, a signal (Prefect raises its own `TerminationSignal`, a
-    BaseException, for SIGTERM inside a flow), or a worker's `Interrupted`."""
-    return isinstance(error, Interrupted) or not isinstance(error, (Exception, SystemExit, GeneratorExit))
+    """A stop rather than a failure: Ctrl-C or our SIGTERM handler (KeyboardInterrupt), Prefect's own
+    `TerminationSignal` (it turns SIGTERM into that inside a flow), or a worker's `Interrupted`."""
+    return isinstance(error, (KeyboardInterrupt, Interrupted)) or type(error).__name__ == "TerminationSignal"
 
 
 def exit_code() -> int:
@@ -48,9 +48,16 @@ def request_stop(signum: int = signal.SIGINT) -> None:
     _stop.set()
 
 
+def reset() -> None:
+    """Forget an earlier stop request (a new run in the same process starts clean)."""
+    _stop.clear()
+    _signal.clear()
+
+
 @contextlib.contextmanager
 def handle_signals() -> Iterator[None]:
     """Install the SIGINT/SIGTERM handlers for the duration (main thread only); restore them after."""
+    reset()
     if threading.current_thread() is not threading.main_thread():
         yield
         return

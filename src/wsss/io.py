@@ -42,18 +42,25 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `path`; on success it replaces `path` as a whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():  # a swap interrupted between its two renames: put the old back
+        os.replace(old, path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         tmp.chmod(0o777 & ~_umask())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
+        had_old = path.exists()
+        if had_old:
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if had_old and not path.exists():
+                os.replace(old, path)
+            raise
+        if had_old:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():

@@ -110,22 +110,23 @@ def drain_prefect_workers(timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def local_api(wait: bool = True) -> Iterator[str]:
-    """The Prefect API a stage talks to: $PREFECT_API_URL when set (a server you run, or the one `wsss
-    repro` shares across stages), else a loopback server started here and stopped on the way out.
-    Sets PREFECT_API_URL for the duration; call before the first `import prefect` in this process. With
-    `wait=False` it returns at once: call `wait_until_ready(url)` before the first flow runs."""
+def local_api(wait: bool = True) -> Iterator[tuple[str, subprocess.Popen | None]]:
+    """The Prefect API a stage talks to, as (url, its process or None): $PREFECT_API_URL when set (a
+    server you run, or the one `wsss repro` shares across stages), else a loopback server started here
+    and stopped on the way out. Sets PREFECT_API_URL for the duration; call before the first `import
+    prefect` in this process. With `wait=False` it returns at once: `wait_until_ready(url, process)`
+    before the first flow runs."""
     if os.environ.get("PREFECT_API_URL"):
         if wait:
             wait_until_ready(os.environ["PREFECT_API_URL"])
-        yield os.environ["PREFECT_API_URL"]
+        yield os.environ["PREFECT_API_URL"], None
         return
     proc, url = launch_api_server()
     os.environ["PREFECT_API_URL"] = url
     try:
         if wait:
             wait_until_ready(url, proc)
-        yield url
+        yield url, proc
     finally:
         drain_prefect_workers()
         os.environ.pop("PREFECT_API_URL", None)

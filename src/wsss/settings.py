@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
-import functools
 
 from wsss.errors import ConfigError
 
@@ -203,14 +203,13 @@ class Settings:
     cams: CamsSettings = field(default_factory=CamsSettings)
     masks: MasksSettings = field(default_factory=MasksSettings)
     evaluate_masks: EvaluateMasksSettings = field(default_factory=EvaluateMasksSettings)
-    source: str = field(default="params.yaml", compare=False)  # the file they came from, for messages
 
     def sections(self, names) -> dict[str, dict[str, Any]]:
         """{name: section as a plain dict} for the given section names (what a stage logs)."""
         return {name: getattr(self, name).as_dict() for name in names}
 
 
-SECTIONS = tuple(f.name for f in fields(Settings) if f.name != "source")
+SECTIONS = tuple(f.name for f in fields(Settings))
 
 
 # ---- loading ---------------------------------------------------------------------------------------------
@@ -242,18 +241,18 @@ def load_settings(path: str | Path | None = None) -> Settings:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     try:
-        return parse_settings(raw or {}, source=str(path))
+        return parse_settings(raw or {})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def parse_settings(raw: Any, source: str = "params.yaml") -> Settings:
+def parse_settings(raw: Any) -> Settings:
     """A mapping of sections (as in params.yaml) → `Settings`; missing sections and keys take defaults."""
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping of sections at the top level, got {type(raw).__name__}")
     values = {name: parse_section(_section_type(name), raw.get(name), name) for name in SECTIONS}
     _reject_unknown(raw, SECTIONS, "")
-    return Settings(**values, source=source)
+    return Settings(**values)
 
 
 def parse_section(cls: type, raw: Any, prefix: str):
@@ -292,9 +291,10 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + "/".join(str(a) for a in args)
     if origin is tuple:
+        plural = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}.get(args[0], "values")
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])}"
-        return f"a list of {len(args)} {_describe(args[0])}"
+            return f"a list of {plural}"
+        return f"a list of {len(args)} {plural}"
     if origin is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):

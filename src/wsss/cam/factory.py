@@ -16,6 +16,7 @@ from wsss.errors import ConfigError
 from wsss.settings import ClipSettings, Settings
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+MAPS_VERSION = 2  # bump when the code changes the maps it computes (2: GradCAM normalised twice, as CLIP-ES)
 
 
 def background_words(spec: Any) -> list[str]:
@@ -63,7 +64,7 @@ def cam_settings_key(settings: Settings) -> str:
 
     clip, text = settings.clip, settings.text
     return fingerprint({
-        "model": clip.model, "weights": _weights_id(clip.pretrained), "precision": clip.precision,
+        "version": MAPS_VERSION, "model": clip.model, "weights": _weights_id(clip.pretrained), "precision": clip.precision,
         "templates": list(text.templates), "synonyms": text.synonyms,
         "background": background_words(text.background), "cams": settings.cams.work_settings(),
     })

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from wsss.data.manifest import Dataset
 
 SOURCES = ("cam", "refined")
+MASKS_VERSION = 1  # bump when the code changes the masks it writes from the same CAMs and settings
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def mask_key(params: MaskParams, cam_key: str | None) -> str:
 
     from wsss.shards import fingerprint
 
-    return fingerprint({"params": asdict(params), "cam": cam_key})
+    return fingerprint({"version": MASKS_VERSION, "params": asdict(params), "cam": cam_key})
 
 
 def stale_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, params: MaskParams,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import multiprocessing
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -385,7 +386,8 @@ def generate_toyworld(
                 records += _write_chunk((str(tmp), spec, c))
                 bar.update(len(c))
         else:
-            with ProcessPoolExecutor(workers, initializer=interrupt.ignore_in_worker) as pool:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=interrupt.ignore_in_worker) as pool:
                 for recs in pool.map(_write_chunk, [(str(tmp), spec, c) for c in chunks]):
                     records += recs
                     bar.update(len(recs))

@@ -29,7 +29,6 @@ from wsss.interrupt import is_interrupt
 from wsss.settings import project_root
 
 PIPELINE_TAG = "wsss.pipeline"
-OWNER_TAGS = ("wsss.host", "wsss.pid", "wsss.pid_started")
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -150,25 +149,50 @@ def _parent_run(client, experiment_id: str, key: str, git_commit: str) -> str:
     return run.info.run_id
 
 
-def _owner() -> dict[str, str]:
-    """Host, pid and the pid's start time: a pid alone can be reused after the process is gone."""
-    import psutil
+def _boot_id() -> str:
+    """Changes at every boot (Linux); '' elsewhere."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
-    me = psutil.Process()
-    return {"wsss.host": socket.gethostname(), "wsss.pid": str(me.pid), "wsss.pid_started": f"{me.create_time():.2f}"}
+
+def _started(pid: int) -> str:
+    """When process `pid` started, in a form that does not move with the wall clock: its start time in
+    clock ticks since boot (Linux /proc), else psutil's creation time; '' when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[19]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except Exception:
+        return ""
+
+
+def _owner() -> dict[str, str]:
+    """Host, boot, pid and the pid's start time: a pid alone can be reused once the process is gone."""
+    pid = os.getpid()
+    return {"wsss.host": socket.gethostname(), "wsss.boot": _boot_id(), "wsss.pid": str(pid),
+            "wsss.pid_started": _started(pid)}
 
 
 def _alive(tags: Mapping[str, str]) -> bool:
-    import psutil
-
+    """Is the process that owns a run (same host) still running? A run from an earlier boot is not."""
+    if tags.get("wsss.boot", "") != _boot_id():
+        return False
     try:
-        return f"{psutil.Process(int(tags['wsss.pid'])).create_time():.2f}" == tags.get("wsss.pid_started")
-    except (psutil.Error, KeyError, ValueError):
+        return _started(int(tags["wsss.pid"])) == tags.get("wsss.pid_started")
+    except (KeyError, ValueError):
         return False
 
 
 def mark_stale_runs(client, experiment_id: str) -> list[str]:
-    """End as KILLED the RUNNING stage runs of this host whose process is gone (and their parents)."""
+    """End as KILLED the RUNNING stage runs of this host whose process is gone (and their parents). Runs
+    started on other machines are left alone: only their own host can tell."""
     host = socket.gethostname()
     running = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
                                  f"tags.`wsss.host` = '{host}'", max_results=1000)
