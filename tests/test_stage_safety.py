@@ -5,6 +5,7 @@ with its MLflow run ended, its Prefect API stopped and nothing left running."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -47,8 +48,9 @@ def _env(root: Path, **extra) -> dict:
     return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", **extra}
 
 
-def _stage(root: Path, name: str, params: Path | None = None) -> subprocess.Popen:
-    env = _env(root, PYTHONPATH=str(REPO), **({"WSSS_PARAMS": str(params)} if params else {}))
+def _stage(root: Path, name: str, params: Path | None = None, timings: Path | None = None) -> subprocess.Popen:
+    env = _env(root, PYTHONPATH=str(REPO), **({"WSSS_PARAMS": str(params)} if params else {}),
+               **({"WSSS_TIMINGS": str(timings)} if timings else {}))
     return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=root, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -67,13 +69,19 @@ def _with(root: Path, name: str, section: str, **values) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A project whose cams and masks are done."""
+    """A project whose cams and masks are done (their processes record what they imported)."""
     root = _project(tmp_path_factory.mktemp("finished"), 6, 2)
     for name in ("cams", "masks"):
-        proc = _stage(root, name)
+        proc = _stage(root, name, timings=root / "timings.jsonl")
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:] + err[-3000:]
     return root
+
+
+def test_stages_import_only_what_their_work_needs(finished):
+    imported = {r["stage"]: set(r["imported"]) for r in map(json.loads, (finished / "timings.jsonl").open())}
+    assert {"torch", "open_clip"} <= imported["cams"] and "great_expectations" not in imported["cams"]
+    assert not imported["masks"] & {"torch", "torchvision", "open_clip", "great_expectations"}
 
 
 def test_stage_with_nothing_to_do_stops_in_seconds(finished):

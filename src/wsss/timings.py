@@ -1,15 +1,18 @@
 """Where a stage process spends its time: marks of named phases, written as one JSON line per process
-to `$WSSS_TIMINGS` when it is set (`benchmarks/pipeline_overhead.py` reads them). Costs nothing otherwise."""
+to `$WSSS_TIMINGS` when it is set (`benchmarks/pipeline_overhead.py` reads them), with the heavy
+libraries the process ended up importing. Costs nothing otherwise."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import sys
 import time
 from typing import Iterator
 
 _marks: list[tuple[str, float]] = []
+HEAVY = ("torch", "torchvision", "open_clip", "great_expectations", "matplotlib", "pydensecrf", "mlflow", "prefect")
 
 
 def mark(phase: str) -> None:
@@ -40,4 +43,5 @@ def recorded(stage: str) -> Iterator[None]:
             mark("teardown")
             spent = phases()
             with open(target, "a") as f:
-                f.write(json.dumps({"stage": stage, "phases": spent, "total": round(sum(spent.values()), 3)}) + "\n")
+                f.write(json.dumps({"stage": stage, "phases": spent, "total": round(sum(spent.values()), 3),
+                                    "imported": [m for m in HEAVY if m in sys.modules]}) + "\n")
