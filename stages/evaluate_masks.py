@@ -9,6 +9,7 @@ numbers go to the MLflow run.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from stages.common import cam_split, main, stage
@@ -76,6 +77,8 @@ def write_reports(settings, out: Path) -> tuple[dict, dict]:
         split = cfg.ablation_split or splits[0]
         mp = mask_params(settings.masks)
         steps = default_ablation_rows(alpha=mp.alpha, crf=mp.crf, confidence=mp.confidence)
+        if steps[-1].params == mp:  # the exported masks are this row: score them instead of redoing the CRF
+            steps[-1] = replace(steps[-1], mask_dir=mask_dir)
         table = ablation(ds, cam_dir, rows=steps + alpha_rows(cfg.alphas), split=split,
                          workers=cfg.workers or None)
         n = len(steps)

@@ -175,6 +175,19 @@ def test_ablation_is_the_same_in_parallel_and_with_tuple_rows(dataset):
     assert one == two and one["split"] is None and one["images"] == 3
 
 
+def test_ablation_row_of_exported_masks_reads_them(dataset, masks_dir):
+    """The `+ CRF` row with the masks stage's own params scores the exported PNGs (no second CRF pass):
+    the same numbers as recomputing them."""
+    computed = ablation(dataset, dataset.root / "cams", rows=[AblationRow("+ CRF", MaskParams())], workers=1,
+                        progress=False)
+    read = ablation(dataset, dataset.root / "cams", rows=[AblationRow("+ CRF", MaskParams(), mask_dir=masks_dir)],
+                    workers=1, progress=False)
+    assert read == computed
+    with pytest.raises(DataError, match="none/a.png"):  # a mask the stage has not written: named
+        ablation(dataset, dataset.root / "cams", progress=False, workers=1,
+                 rows=[AblationRow("+ CRF", MaskParams(), mask_dir=dataset.root / "none")])
+
+
 def test_example_grid(dataset, masks_dir, tmp_path):
     rows, ids = example_rows(dataset, dataset.root / "cams", masks_dir, n=2)
     assert ids == ["a", "b"] and len(rows[0]) == 5

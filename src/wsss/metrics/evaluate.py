@@ -153,11 +153,13 @@ def _csv_cell(text: str) -> str:
 @dataclass(frozen=True)
 class AblationRow:
     """One line of the ablation table: how masks are made, and (optionally) from which CAM folder —
-    e.g. CAMs scored with learned background prompts."""
+    e.g. CAMs scored with learned background prompts. `mask_dir`: the masks were already exported with
+    exactly these params (the `masks` stage's own): read them instead of running the CRF again."""
 
     name: str
     params: MaskParams
     cam_dir: str | Path | None = None
+    mask_dir: str | Path | None = None
 
 
 def default_ablation_rows(*, alpha: float = 1.0, crf: CrfSettings | None = None, confidence: float = 0.95,
@@ -183,16 +185,18 @@ def _ablation_image(task: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
     image = None
     records = {}
     counts = []
-    for cam_file, params in specs:
-        if cam_file not in records:
-            records[cam_file] = load_cam(cam_file)
-        record = records[cam_file]
-        if params.crf is not None and image is None:
-            image = image_loader(Path(image_path))
-        pred = export_mask(image, record, source=params.source, alpha=params.alpha, crf=params.crf,
-                           confidence=params.confidence)
+    for cam_file, params, mask_file in specs:
+        if mask_file is not None:
+            pred = load_mask(mask_file)
+        else:
+            if cam_file not in records:
+                records[cam_file] = load_cam(cam_file)
+            if params.crf is not None and image is None:
+                image = image_loader(Path(image_path))
+            pred = export_mask(image, records[cam_file], source=params.source, alpha=params.alpha, crf=params.crf,
+                               confidence=params.confidence)
         cm = ConfusionMatrix(num_classes, IGNORE)
-        _score(cm, pred, gt, cam_file, gt_path)
+        _score(cm, pred, gt, mask_file or cam_file, gt_path)
         counts.append((cm.matrix, cm.pred_ignored))
     return counts
 
@@ -210,7 +214,8 @@ def ablation(dataset: "Dataset", cam_dir: str | Path, image_loader: Callable[[Pa
     n = ds.vocab.num_classes + 1
     tasks = []
     for _, r in ds.table.iterrows():
-        specs = [(str(cam_path(row.cam_dir or cam_dir, r["id"])), row.params) for row in rows]
+        specs = [(str(cam_path(row.cam_dir or cam_dir, r["id"])), row.params,
+                  None if row.mask_dir is None else str(Path(row.mask_dir) / f"{r['id']}.png")) for row in rows]
         tasks.append((str(ds.image_path(r)), str(ds.mask_path(r)), specs, n, image_loader or load_rgb_array))
     per_image = run_pool(_ablation_image, tasks, workers=workers, desc="ablation", progress=progress)
     table_rows = []
