@@ -10,7 +10,7 @@ Prefect once). Stages write their phase marks to $WSSS_TIMINGS (`wsss.timings`):
 
   main         process start → the stage's `main` (interpreter, `stages` package)
   settings     reading and validating params.yaml
-  pending      counting missing/stale outputs (a stage with nothing to do stops here)
+  pending      looking for a missing/stale output (a stage with nothing to do stops here)
   imports      Prefect, MLflow (and opening its store), the stage's heavy modules (torch, open_clip,
                GX, ...), while the stage's own Prefect API boots in its process
   prefect_api  what is left of waiting for that API (0 when one is shared and up)

@@ -25,19 +25,21 @@ def cam_shard(ds, settings, settings_key: str, shard: int):
                          settings_key, shard, settings.cams.shards, progress=True)
 
 
-def pending(settings) -> int:
-    """CAM files to compute (missing or stale) plus files of images no longer in the manifest."""
+def has_work(settings) -> bool:
+    """A CAM file to compute (missing or stale; the scan stops at the first) or one of an image no
+    longer in the manifest."""
     from wsss.cam.factory import cam_settings_key, check_clip_source
-    from wsss.cam.runner import stale_rows
+    from wsss.cam.runner import row_status
     from wsss.shards import orphans
 
     check_clip_source(settings.clip)
     ds = cam_split(settings)
-    todo, _ = stale_rows(ds, settings.cams.out, cam_settings_key(settings))
-    return len(todo) + len(orphans(settings.cams.out, set(ds.table["id"]), ".npz"))
+    key = cam_settings_key(settings)
+    return (any(not current for _, _, current in row_status(ds, settings.cams.out, key))
+            or bool(orphans(settings.cams.out, set(ds.table["id"]), ".npz")))
 
 
-@stage("cams", ["clip", "text", "cams"], task_runner=shard_runner("cams"), pending=pending,
+@stage("cams", ["clip", "text", "cams"], task_runner=shard_runner("cams"), has_work=has_work,
        imports=("torch", "open_clip", "wsss.cam.engine", "wsss.clip.model", "wsss.metrics.plots"))
 def cams(settings, run) -> dict:
     """Shard the manifest, map the shards over the task runner, log throughput and overlays."""

@@ -5,7 +5,7 @@
    second, before anything heavy is imported or any output is touched;
 2. install the SIGINT/SIGTERM handlers (`wsss.interrupt`): a stop finishes the image in flight, ends
    the MLflow run KILLED and exits 130/143;
-3. `pending(settings)`: count missing/stale outputs; none → stop here (no Prefect, no MLflow run);
+3. `has_work(settings)`: any missing/stale output? none → stop here (no Prefect, no MLflow run);
 4. start the stage's Prefect API (`wsss.prefect_env.local_api`), which boots in its own process while
    this one imports Prefect, MLflow and the stage's `imports`; then run the body as a Prefect flow that
    opens one MLflow run (`wsss.tracking`) logging the stage's typed settings.
@@ -37,7 +37,7 @@ class Stage:
     body: Callable[[Settings, Any], Any]
     task_runner: Callable[[Settings], Any] | None = None
     imports: tuple[str, ...] = ()  # the heavy modules the body needs: imported (and timed) before its work
-    pending: Callable[[Settings], int] | None = None  # how many outputs are missing or stale (0: nothing to do)
+    has_work: Callable[[Settings], bool] | None = None  # False: every output is current, nothing to do
 
     def flow(self, settings: Settings):
         """The Prefect flow running the body inside the stage's MLflow run."""
@@ -72,9 +72,9 @@ class Stage:
 
 
 def stage(name: str, sections: list[str], task_runner: Callable | None = None, imports: tuple[str, ...] = (),
-          pending: Callable | None = None) -> Callable[[Callable], Stage]:
+          has_work: Callable | None = None) -> Callable[[Callable], Stage]:
     """Decorator: a stage body becomes the `Stage` of DVC stage `name`."""
-    return lambda body: Stage(name, tuple(sections), body, task_runner, tuple(imports), pending)
+    return lambda body: Stage(name, tuple(sections), body, task_runner, tuple(imports), has_work)
 
 
 def no_retry_on_user_error(task, task_run, state) -> bool:
@@ -100,7 +100,7 @@ def main(stage: Stage) -> None:
     timings.mark("settings")
     try:
         with timings.recorded(stage.name), handle_signals():
-            if stage.pending is not None and stage.pending(settings) == 0:
+            if stage.has_work is not None and not stage.has_work(settings):
                 print(f"{stage.name}: nothing to do, every output is current")
                 return
             timings.mark("pending")
@@ -113,7 +113,7 @@ def main(stage: Stage) -> None:
                 timings.mark("prefect_api")
                 state = stage.flow(settings)(settings, return_state=True)
                 timings.mark("flow_end")
-    except WsssError as e:  # found before the flow (e.g. by `pending`): one line, like any user error
+    except WsssError as e:  # found before the flow (e.g. by `has_work`): one line, like any user error
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
     except BaseException as e:

@@ -27,11 +27,12 @@ def alpha_rows(alphas):
 @stage("evaluate_masks", ["evaluate_masks"], imports=("wsss.metrics.evaluate", "wsss.metrics.plots"))
 def evaluate(settings, run) -> dict:
     """Score the pseudo masks against ground truth; write metrics, plots, the ablation table."""
+    from stages.cams import OVERLAYS
     from wsss.errors import ConfigError
     from wsss.io import atomic_dir
 
     out = Path(settings.evaluate_masks.out)
-    for other in (settings.validation.report_dir, "reports/cams", settings.cams.out, settings.masks.out):
+    for other in (settings.validation.report_dir, Path(OVERLAYS).parent, settings.cams.out, settings.masks.out):
         if out.resolve() == Path(other).resolve() or out.resolve() in Path(other).resolve().parents:
             raise ConfigError(f"evaluate_masks.out: {out} would replace {other}, another stage's output "
                               "(the report folder is rewritten whole)")

@@ -18,18 +18,19 @@ def mask_shard(ds, settings, shard: int) -> dict:
                         shard=(shard, cfg.shards))
 
 
-def pending(settings) -> int:
-    """Masks to write (missing or stale) plus masks of images no longer in the manifest."""
+def has_work(settings) -> bool:
+    """A mask to write (missing or stale; the scan stops at the first) or one of an image no longer in
+    the manifest."""
     from wsss.masks.export import mask_params, stale_masks
     from wsss.shards import orphans
 
     cfg = settings.masks
     ds = cam_split(settings)
-    stale = stale_masks(ds, settings.cams.out, cfg.out, mask_params(cfg))
-    return len(stale) + len(orphans(cfg.out, set(ds.table["id"]), ".png"))
+    return (next(stale_masks(ds, settings.cams.out, cfg.out, mask_params(cfg)), None) is not None
+            or bool(orphans(cfg.out, set(ds.table["id"]), ".png")))
 
 
-@stage("masks", ["masks"], task_runner=shard_runner("masks"), pending=pending,
+@stage("masks", ["masks"], task_runner=shard_runner("masks"), has_work=has_work,
        imports=("wsss.masks.export", "pydensecrf.densecrf"))
 def masks(settings, run) -> dict:
     """Export one pseudo mask per CAM file, in parallel, resumable."""

@@ -7,6 +7,7 @@ key, so changing the model, a template or a threshold recomputes the CAMs and no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -48,14 +49,21 @@ def check_clip_source(clip: ClipSettings) -> None:
 
 
 def _weights_id(pretrained: str | None) -> str:
-    """A tag stays a tag; a local file is identified by its content hash."""
+    """A tag stays a tag; a local file is identified by its content hash (computed once per process
+    for an unchanged file: the stage's work check and its body both need it)."""
     if pretrained and Path(pretrained).is_file():
-        digest = hashlib.sha256()
-        with open(pretrained, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return "sha256:" + digest.hexdigest()[:16]
+        stat = Path(pretrained).stat()
+        return _file_digest(str(Path(pretrained).resolve()), stat.st_size, stat.st_mtime_ns)
     return str(pretrained)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
 
 
 def cam_settings_key(settings: Settings) -> str:
@@ -64,8 +72,8 @@ def cam_settings_key(settings: Settings) -> str:
 
     clip, text = settings.clip, settings.text
     return fingerprint({
-        "version": MAPS_VERSION, "model": clip.model, "weights": _weights_id(clip.pretrained), "precision": clip.precision,
-        "templates": list(text.templates), "synonyms": text.synonyms,
+        "version": MAPS_VERSION, "model": clip.model, "weights": _weights_id(clip.pretrained),
+        "precision": clip.precision, "templates": list(text.templates), "synonyms": text.synonyms,
         "background": background_words(text.background), "cams": settings.cams.work_settings(),
     })
 

@@ -16,8 +16,8 @@ from typing import Callable
 
 from wsss.cam.store import cam_path, save_cam, stored_key
 from wsss.data.images import load_rgb
-from wsss.data.manifest import Dataset
 from wsss import interrupt
+from wsss.data.manifest import Dataset
 from wsss.progress import WarmProgress
 from wsss.shards import shard_rows
 
@@ -38,14 +38,21 @@ class ShardStats:
     seconds: float = 0.0
 
 
+def row_status(ds: Dataset, cam_dir: str | Path, settings_key: str = "", shard: int = 0, shards: int = 1):
+    """(row, input key, whether its CAM file is current) for each row of this shard, lazily: a caller that
+    only asks whether any work is left stops at the first stale row."""
+    for _, row in shard_rows(ds.table, shard, shards).iterrows():
+        key = input_key(ds.image_path(row), row["labels"], settings_key)
+        yield row, key, stored_key(cam_path(cam_dir, row["id"])) == key
+
+
 def stale_rows(ds: Dataset, cam_dir: str | Path, settings_key: str = "", shard: int = 0,
                shards: int = 1) -> tuple[list, int]:
     """The rows of this shard whose CAM file is missing or stale, with their input keys, and how many
     are current."""
     todo, current = [], 0
-    for _, row in shard_rows(ds.table, shard, shards).iterrows():
-        key = input_key(ds.image_path(row), row["labels"], settings_key)
-        if stored_key(cam_path(cam_dir, row["id"])) == key:
+    for row, key, is_current in row_status(ds, cam_dir, settings_key, shard, shards):
+        if is_current:
             current += 1
         else:
             todo.append((row, key))
@@ -82,4 +89,3 @@ def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, se
             bar.update(len(batch))
     stats.seconds = time.perf_counter() - start
     return stats
-

@@ -44,7 +44,7 @@ def read_coco(root: str | Path, classes=None, splits=None, labels_file: str | Pa
     `<root>/classes.txt`, else COCO's 80 classes."""
     root = _rows.check_root(root)
     vocab = as_vocabulary(classes, root, COCO_CLASSES)
-    file_labels = load_label_file(labels_file) if labels_file is not None else {}
+    file_labels = load_label_file(labels_file, root) if labels_file is not None else {}
     if splits is None:
         splits = [s for s in SPLIT_DIRS if split_dir(root, s)]
         if not splits:

@@ -173,13 +173,12 @@ def _onehot_or_ids(value) -> list:
     return split_tokens(value)
 
 
-def load_label_file(path: str | Path) -> dict[str, list]:
+def load_label_file(path: str | Path, root: str | Path | None = None) -> dict[str, list]:
     """{image id (file stem): label tokens} from `.npy` (pickled dict of one-hot vectors, as CLIP-ES ships
     `cls_labels_onehot.npy`) or `.json` ({id: [names or ids] or a one-hot list}, or a list of
-    {"image"/"id", "labels"} records). Raises DataError when the file cannot be parsed."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: labels file not found")
+    {"image"/"id", "labels"} records). A relative `path` is found as `find_user_file` finds it (the
+    current directory, then `root`). Raises DataError when the file is missing or cannot be parsed."""
+    path = find_user_file(path, root, "labels file")
     try:
         if path.suffix.lower() == ".npy":
             raw = _load_npy_dict(path)

@@ -13,6 +13,7 @@ So with the default order `train_aug` holds only the SBD images beyond `train`; 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -59,21 +60,27 @@ def parse_annotation(path: Path) -> tuple[list[str], tuple[int, int] | None]:
     return [n for n in names if n], size
 
 
-def _ids_by_split(root: Path, splits) -> dict[str, str]:
-    """{id: split}, first requested split wins. No split lists at all → every image, split 'train'."""
+def _ids_by_split(root: Path, splits) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """({id: split}, first requested split wins; {id: notes on a split list naming it more than once}).
+    No split lists at all → every image, split 'train'."""
     if splits is None:
         splits = [s for s in DEFAULT_SPLITS if split_file(root, s)]
         if not splits:
             files = sorted(p for p in (root / "JPEGImages").glob("*") if p.suffix in IMAGE_EXTS)
-            return {p.stem: "train" for p in files}
+            return {p.stem: "train" for p in files}, {}
     out: dict[str, str] = {}
+    repeats: dict[str, list[str]] = {}
     for s in splits:
         f = split_file(root, s)
         if f is None:
             raise DataError(f"{root}: split {s!r} has no list ({' or '.join(d + f'/{s}.txt' for d in SPLIT_DIRS)})")
-        for i in read_split_ids(f):
+        ids = read_split_ids(f)
+        for i, n in Counter(ids).items():
+            if n > 1:
+                repeats.setdefault(i, []).append(f"listed {n} times in {f.relative_to(root).as_posix()}")
+        for i in ids:
             out.setdefault(i, s)
-    return out
+    return out, repeats
 
 
 def read_voc(root: str | Path, classes=None, splits=None, labels_file: str | Path | None = None,
@@ -86,9 +93,10 @@ def read_voc(root: str | Path, classes=None, splits=None, labels_file: str | Pat
     (`unknown_labels`, `problems`) for validation rather than raised."""
     root = _rows.check_root(root)
     vocab = as_vocabulary(classes, root, VOC_CLASSES)
-    file_labels = load_label_file(labels_file) if labels_file is not None else {}
+    file_labels = load_label_file(labels_file, root) if labels_file is not None else {}
     rows = []
-    for id_, split in tqdm(_ids_by_split(root, splits).items(), desc=f"read VOC {root.name}", unit="img"):
+    listed, repeats = _ids_by_split(root, splits)
+    for id_, split in tqdm(listed.items(), desc=f"read VOC {root.name}", unit="img"):
         image = _rows.first_existing(root, [f"JPEGImages/{id_}{e}" for e in IMAGE_EXTS], f"JPEGImages/{id_}.jpg")
         mask = _rows.first_existing(root, [f"{d}/{id_}.png" for d in MASK_DIRS])
         problems: list[str] = []
@@ -112,4 +120,6 @@ def read_voc(root: str | Path, classes=None, splits=None, labels_file: str | Pat
             ids, unknown = (), ()
         rows.append(_rows.row(id_, image, size or _rows.header_size(root, image), split, ids, mask,
                               unknown, problems, source))
-    return Dataset(make_table(rows), vocab, root, name or root.name)
+    table = make_table(rows)
+    table["duplicate_listing"] = table["id"].map(lambda i: "; ".join(repeats.get(i, ())))  # validation fails it
+    return Dataset(table, vocab, root, name or root.name)

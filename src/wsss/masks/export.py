@@ -18,13 +18,13 @@ import numpy as np
 
 from wsss.cam.store import CamRecord, cam_path, load_cam, stored_key
 from wsss.data.images import load_rgb_array
+from wsss.data.palette import save_palette_png, stored_png_key
 from wsss.errors import DataError
 from wsss.masks.crf import crf_refine
-from wsss.data.palette import save_palette_png, stored_png_key
-from wsss.parallel import run_pool
-from wsss.shards import shard_rows
 from wsss.masks.pseudo import argmax_labels, background_score, confidence_mask, stack_with_background
+from wsss.parallel import run_pool
 from wsss.settings import CrfSettings, MasksSettings
+from wsss.shards import shard_rows
 
 if TYPE_CHECKING:
     from wsss.data.manifest import Dataset
@@ -102,16 +102,15 @@ def mask_key(params: MaskParams, cam_key: str | None) -> str:
 
 
 def stale_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, params: MaskParams,
-                shard: tuple[int, int] = (0, 1)) -> list[tuple]:
-    """The export tasks of this shard whose mask is missing or stale (its key is not the current one)."""
-    tasks = []
+                shard: tuple[int, int] = (0, 1)):
+    """The export tasks of this shard whose mask is missing or stale (its key is not the current one),
+    lazily: a caller that only asks whether any work is left stops at the first."""
     for _, row in shard_rows(dataset.table, *shard).iterrows():
         out_path = Path(out_dir) / f"{row['id']}.png"
         cam_file = cam_path(cam_dir, row["id"])
         key = mask_key(params, stored_key(cam_file))
         if stored_png_key(out_path) != key:
-            tasks.append((str(dataset.image_path(row)), str(cam_file), str(out_path), params, key))
-    return tasks
+            yield str(dataset.image_path(row)), str(cam_file), str(out_path), params, key
 
 
 def export_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, params: MaskParams | None = None, *,
@@ -126,7 +125,7 @@ def export_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, p
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = shard_rows(dataset.table, *shard)
-    tasks = stale_masks(dataset, cam_dir, out_dir, params, shard)
+    tasks = list(stale_masks(dataset, cam_dir, out_dir, params, shard))
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) or 1))
     if progress:
         print(f"masks shard {shard[0]}/{shard[1]}: {len(tasks)} mask(s) to write, {len(rows) - len(tasks)} already "
