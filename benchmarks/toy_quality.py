@@ -127,7 +127,9 @@ def segmentation(engine: CamEngine, root: Path, ids: list[str], classes: list[st
         home = [v for c in planted if (v := iou(leak[(s, a, c, True)])) is not None]
         away = [v for c in planted if (v := iou(leak[(s, a, c, False)])) is not None]
         res[f"{s}_alpha{a:g}"].update(planted_home_iou=float(np.mean(home)) * 100 if home else None,
-                                      planted_away_iou=float(np.mean(away)) * 100 if away else None)
+                                      planted_away_iou=float(np.mean(away)) * 100 if away else None,
+                                      home_iou={c: 100 * v for c in planted if (v := iou(leak[(s, a, c, True)])) is not None},
+                                      away_iou={c: 100 * v for c in planted if (v := iou(leak[(s, a, c, False)])) is not None})
     res["seconds_per_image"] = seconds / max(len(ids), 1)
     return res
 

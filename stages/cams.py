@@ -1,7 +1,8 @@
 """DVC stage `cams`: CLIP-ES softmax-GradCAM + CAA for every image of the chosen splits.
 
 The manifest is split into shards mapped over a Prefect task runner: threads on one machine by default,
-a Dask cluster (one worker per GPU) when `cams.dask_address` is set. Outputs do not depend on the shard
+a Dask cluster (one worker per GPU) when `cams.dask_address` is set. The softmax's background set is
+`text.background_prompts`: the hand-written words, the learned per-class prompts (stage `prompts`), or both. Outputs do not depend on the shard
 count. Each CAM file carries the key of its inputs (image, labels, every setting that changes the maps),
 so a rerun recomputes exactly the stale images, replacing them one by one: a bad setting or an interrupt
 never costs finished files.
@@ -22,7 +23,17 @@ def cam_shard(ds, settings, settings_key: str, shard: int):
     from wsss.cam.runner import compute_shard
 
     return compute_shard(ds, settings.cams.out, lambda: build_cam_engine(settings, ds.vocab, shard=shard),
-                         settings_key, shard, settings.cams.shards, progress=True)
+                         settings_key, shard, settings.cams.shards, progress=True, reuse_dir=reuse_dir(settings))
+
+
+def reuse_dir(settings) -> str | None:
+    """With the hand-written words only, the teacher's CAM files are these CAMs: copy them, do not recompute."""
+    from pathlib import Path
+
+    teacher = settings.prompts.teacher
+    if settings.text.background_prompts != "words" or Path(teacher).resolve() == Path(settings.cams.out).resolve():
+        return None
+    return teacher
 
 
 def has_work(settings) -> bool:
@@ -61,6 +72,7 @@ def cams(settings, run) -> dict:
     removed = remove_orphans(cfg.out, set(ds.table["id"]), ".npz")
     computed = sum(s.computed for s in stats)
     metrics = {"images": len(ds), "computed": computed, "skipped": sum(s.skipped for s in stats),
+               "reused": sum(s.reused for s in stats),
                "removed_orphans": removed, "seconds": seconds,
                "images_per_second": computed / seconds if computed else 0.0,
                "megapixels_per_second": sum(s.pixels for s in stats) / 1e6 / seconds if computed else 0.0}

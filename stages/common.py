@@ -38,6 +38,7 @@ class Stage:
     task_runner: Callable[[Settings], Any] | None = None
     imports: tuple[str, ...] = ()  # the heavy modules the body needs: imported (and timed) before its work
     has_work: Callable[[Settings], bool] | None = None  # False: every output is current, nothing to do
+    view: Callable[[Settings], Settings] | None = None  # the settings this stage runs with (teacher: cams on words)
 
     def flow(self, settings: Settings):
         """The Prefect flow running the body inside the stage's MLflow run."""
@@ -94,6 +95,8 @@ def main(stage: Stage) -> None:
     timings.mark("main")
     try:
         settings = load_settings()
+        if stage.view is not None:
+            settings = stage.view(settings)
     except WsssError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)

@@ -24,7 +24,42 @@ def alpha_rows(alphas):
             for source, name in (("cam", "CAM"), ("refined", "CAA")) for a in alphas]
 
 
-@stage("evaluate_masks", ["evaluate_masks"], imports=("wsss.metrics.evaluate", "wsss.metrics.plots"))
+VARIANTS = ("words", "learned", "both")
+
+
+def variant_cam_dirs(settings, ds, scratch: Path) -> dict[str, str]:
+    """The CAM folder of each background set (`text.background_prompts`): `words` is the teacher's, the
+    configured set is `cams.out`, and the others are computed here for the ablation split only, into
+    `scratch` (not kept). A set needing learned prompts is left out when there are none."""
+    from wsss.cam.factory import build_cam_engine, cam_settings_key, prompts_file
+    from wsss.cam.runner import compute_shard
+
+    dirs = {"words": settings.prompts.teacher, settings.text.background_prompts: settings.cams.out}
+    for variant in VARIANTS:
+        if variant in dirs or not prompts_file(settings).is_file():
+            continue
+        s = replace(settings, text=replace(settings.text, background_prompts=variant),
+                    cams=replace(settings.cams, out=str(scratch / variant)))
+        compute_shard(ds, s.cams.out, lambda: build_cam_engine(s, ds.vocab), cam_settings_key(s))
+        dirs[variant] = s.cams.out
+    return {v: dirs[v] for v in VARIANTS if v in dirs}
+
+
+def variant_rows(dirs: dict[str, str], mp, configured: str, mask_dir: str):
+    """CAM → + CAA → + CRF for each background set; the configured set's CRF row reads the exported masks."""
+    from wsss.metrics.evaluate import AblationRow, default_ablation_rows
+
+    rows = []
+    for variant, cam_dir in dirs.items():
+        for step in default_ablation_rows(alpha=mp.alpha, crf=mp.crf, confidence=mp.confidence):
+            exported = variant == configured and step.params == mp
+            rows.append(AblationRow(f"{variant}: {step.name.lstrip('+ ')}", step.params, cam_dir,
+                                    mask_dir if exported else None))
+    return rows
+
+
+@stage("evaluate_masks", ["clip", "text", "cams", "prompts", "evaluate_masks"],
+       imports=("wsss.metrics.evaluate", "wsss.metrics.plots", "torch", "wsss.cam.engine", "wsss.clip.model"))
 def evaluate(settings, run) -> dict:
     """Score the pseudo masks against ground truth; write metrics, plots, the ablation table."""
     from stages.cams import OVERLAYS
@@ -50,8 +85,8 @@ def evaluate(settings, run) -> dict:
 def write_reports(settings, out: Path) -> tuple[dict, dict]:
     from wsss.io import write_json, write_text
     from wsss.masks.export import mask_params
-    from wsss.metrics.evaluate import (ablation, ablation_markdown, default_ablation_rows, evaluate_masks,
-                                       metrics_summary, splits_with_gt, write_report)
+    from wsss.metrics.evaluate import (ablation, ablation_markdown, evaluate_masks, metrics_summary,
+                                       splits_with_gt, write_report)
     from wsss.metrics.plots import example_grid, example_rows
 
     cfg, cam_dir, mask_dir = settings.evaluate_masks, settings.cams.out, settings.masks.out
@@ -75,19 +110,27 @@ def write_reports(settings, out: Path) -> tuple[dict, dict]:
         print(f"{split}: mIoU {result['miou']:.4f} ({result['images']} images, "
               f"{result['ignored_fraction']:.2%} pixels ignored)")
     if splits:
+        import tempfile
+
         split = cfg.ablation_split or splits[0]
         mp = mask_params(settings.masks)
-        steps = default_ablation_rows(alpha=mp.alpha, crf=mp.crf, confidence=mp.confidence)
-        if steps[-1].params == mp:  # the exported masks are this row: score them instead of redoing the CRF
-            steps[-1] = replace(steps[-1], mask_dir=mask_dir)
-        table = ablation(ds, cam_dir, rows=steps + alpha_rows(cfg.alphas), split=split,
-                         workers=cfg.workers or None)
-        n = len(steps)
+        configured = settings.text.background_prompts
+        with tempfile.TemporaryDirectory(prefix="wsss-ablation-") as scratch:
+            dirs = variant_cam_dirs(settings, ds.split(split), Path(scratch))
+            background_sets = variant_rows(dirs, mp, configured, mask_dir)
+            table = ablation(ds, cam_dir, rows=background_sets + alpha_rows(cfg.alphas), split=split,
+                             workers=cfg.workers or None)
+        rows = table["rows"]
+        n = len(background_sets)
+        steps = [r for r in rows[:n] if r["name"].startswith(f"{configured}: ")]
         write_text(out / "ablation.md", "# Pseudo-mask ablation\n\n"
-                   + ablation_markdown(dict(table, rows=table["rows"][:n]), ds.vocab)
+                   + f"Background set `{configured}` (text.background_prompts), as exported by the masks stage.\n\n"
+                   + ablation_markdown(dict(table, rows=steps), ds.vocab)
+                   + "\n## Background set of the softmax: hand-written words, learned prompts, both\n\n"
+                   + ablation_markdown(dict(table, rows=rows[:n]), ds.vocab)
                    + "\n## Background exponent α (bg = (1 − max CAM)^α, argmax, no CRF)\n\n"
-                   + ablation_markdown(dict(table, rows=table["rows"][n:]), ds.vocab))
-        metrics["ablation"] = {r["name"]: r["miou"] for r in table["rows"]}
+                   + ablation_markdown(dict(table, rows=rows[n:]), ds.vocab))
+        metrics["ablation"] = {r["name"]: r["miou"] for r in rows}
         rows, ids = example_rows(ds, cam_dir, mask_dir, n=cfg.examples)
         example_grid(rows, out / "plots" / "examples.png", row_labels=ids)
     write_json(out / "metrics.json", metrics)

@@ -102,12 +102,35 @@ def test_pseudo_mask_reports(repro):
     metrics = json.loads((work / "reports/pseudo/metrics.json").read_text())
     assert set(metrics) == {"train", "val", "ablation"}
     assert 0 < metrics["train"]["miou"] <= 1
-    assert list(metrics["ablation"])[:3] == ["CAM", "+ CAA", "+ CRF"]
+    assert list(metrics["ablation"])[:9] == [f"{v}: {s}" for v in ("words", "learned", "both")
+                                             for s in ("CAM", "CAA", "CRF")]
     assert (work / "reports/pseudo/ablation.md").read_text().startswith("# Pseudo-mask ablation")
     for name in ("examples.png", "train_per_class_iou.png", "train_confusion.png"):
         assert (work / "reports/pseudo/plots" / name).stat().st_size > 1000
     assert len(list((work / "data/masks").glob("*.png"))) == 24
     assert len(list((work / "data/cams").glob("*.npz"))) == 24
+    assert len(list((work / "data/cams_words").glob("*.npz"))) == 24
+
+
+def test_prompts_stage_outputs(repro):
+    """The prompts file, its readable report, a loss curve, and an MLflow run with one loss point per epoch."""
+    work, env, _ = repro
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    state = torch.load(work / "data/prompts/prompts.pt", weights_only=True)
+    assert state["classes"][0] == "triangle" and state["clip"]["model"] == "wsss-toy-vit"
+    assert state["embeddings"].shape[0] == 9 and state["clip"]["weights"].startswith("sha256:")
+    described = json.loads((work / "reports/prompts/prompts.json").read_text())
+    assert set(described) == set(state["classes"]) and all(d["background_words"] for d in described.values())
+    assert (work / "reports/prompts/loss.png").stat().st_size > 1000
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("wsss")
+    run = client.search_runs([exp.experiment_id], filter_string="tags.`dvc.stage` = 'prompts'")[0]
+    epochs = int(run.data.params["prompts.epochs"])
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == epochs
+    assert run.data.metrics["pairs"] > 0
+
 
 
 def test_dvc_exp_show_compares_experiments(repro):
@@ -136,6 +159,32 @@ def test_dvc_exp_show_compares_experiments(repro):
     table = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=work, env=env,
                            capture_output=True, text=True, timeout=300, check=True).stdout
     assert "train.miou" in table and "iou" not in table.replace("miou", "")  # scalars only; per class elsewhere
+
+
+def test_prompts_stage_never_reads_ground_truth(repro):
+    """With every ground-truth mask unreadable, the prompts stage still learns the same prompts."""
+    work, env, _ = repro
+    import torch
+
+    gt = work / "data/raw/toyworld/SegmentationClass"
+    before = torch.load(work / "data/prompts/prompts.pt", weights_only=True)
+    hidden = gt.with_name("SegmentationClass.hidden")
+    gt.rename(hidden)
+    try:
+        gt.mkdir()
+        for f in hidden.iterdir():
+            (gt / f.name).write_bytes(b"not a png")  # any read of a mask fails
+        (work / "data/prompts/prompts.pt").unlink()
+        (work / "data/prompts/checkpoint.pt").unlink()
+        (work / "data/prompts/features.pt").unlink()  # crops recomputed from the images and teacher maps
+        proc = subprocess.run([sys.executable, "-m", "stages.prompts"], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        shutil.rmtree(gt)
+        hidden.rename(gt)
+    after = torch.load(work / "data/prompts/prompts.pt", weights_only=True)
+    torch.testing.assert_close(after["embeddings"], before["embeddings"])
 
 
 def test_refused_drop_leaves_prepared_untouched(repro):

@@ -52,3 +52,9 @@ def test_word_initialisation_and_bad_settings(clip):
         PromptLearner(model, tok, num_classes=2, template="no slot")
     with pytest.raises(ConfigError, match="2×5×"):
         PromptLearner(model, tok, num_classes=2, length=5, init=init[:, :3])
+
+
+def test_a_prompt_longer_than_the_context_is_refused(clip):
+    model, tok = clip
+    with pytest.raises(ConfigError, match="do not fit"):
+        PromptLearner(model, tok, num_classes=2, length=80)

@@ -26,16 +26,22 @@ def test_term_values_on_hand_made_embeddings():
     assert foreground_repel(FG, FG).item() == pytest.approx(-math.log(1 - COS_MAX), rel=1e-3)
     assert math.isfinite(class_push(CLS, BG).item())  # cos 0 → log(1e-4), not -inf
     # the background crop scores 0 against the class and c against the prompt: −log σ(10·c)
-    assert softmax_match(BG, CLS, MID, logit_scale=10.0).item() == pytest.approx(math.log1p(math.exp(-10 * c)),
-                                                                                  rel=1e-4)
-    assert softmax_match(BG, MID, MID, logit_scale=10.0).item() == pytest.approx(math.log(2), rel=1e-5)  # a tie
+    assert softmax_match(BG, None, CLS, MID, logit_scale=10.0).item() == pytest.approx(
+        math.log1p(math.exp(-10 * c)), rel=1e-4)
+    assert softmax_match(BG, None, MID, MID, logit_scale=10.0).item() == pytest.approx(math.log(2), rel=1e-5)  # a tie
+    # the object crop is orthogonal to both: a tie on that side adds log 2; an object crop on the class's
+    # axis scores 1 against the class and c against the prompt: −log σ(10·(1 − c))
+    assert softmax_match(BG, FG, CLS, MID, 10.0).item() == pytest.approx(math.log1p(math.exp(-10 * c)) + math.log(2),
+                                                                         rel=1e-4)
+    assert softmax_match(BG, CLS, CLS, MID, 10.0).item() == pytest.approx(
+        math.log1p(math.exp(-10 * c)) + math.log1p(math.exp(-10 * (1 - c))), rel=1e-4)
 
 
 def test_weighted_sum_and_logged_terms():
     w = PromptLossWeights(class_push=0.5, foreground_repel=0.25, softmax_match=2.0)
     loss, terms = prompt_loss(BG, FG, CLS, MID, w, logit_scale=10.0)
     expected = (background_pull(BG, MID) + 0.5 * class_push(CLS, MID) + 0.25 * foreground_repel(FG, MID)
-                + 2.0 * softmax_match(BG, CLS, MID, 10.0))
+                + 2.0 * softmax_match(BG, FG, CLS, MID, 10.0))
     assert loss.item() == pytest.approx(expected.item())
     assert set(terms) == {"background_pull", "class_push", "foreground_repel", "softmax_match"}
     _, plain = prompt_loss(BG, None, CLS, MID)

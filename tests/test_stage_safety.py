@@ -36,6 +36,7 @@ def _project(root: Path, num_train: int, num_val: int) -> Path:
     write_dataset(read_dataset_source(root / "world", format="voc"), root / "prepared")
     params = {"data": {"root": "world", "prepared": "prepared"},
               "clip": {"pretrained": CHECKPOINT, "device": "cpu"},
+              "text": {"background_prompts": "words"},  # no prompts stage here
               "cams": {"overlays": 0, "out": "cams"}, "masks": {"out": "masks", "workers": 1},
               "tracking": {"experiment": "safety"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))

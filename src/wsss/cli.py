@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + SemPLeS), as a "
                        "DVC / Prefect / MLflow pipeline. Run `wsss repro` for the whole pipeline.")
 
-STAGES = ["toyworld", "prepare", "cams", "masks", "evaluate_masks"]
+STAGES = ["toyworld", "prepare", "teacher", "prompts", "cams", "masks", "evaluate_masks"]
 
 
 def _project_root() -> Path:

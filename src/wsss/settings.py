@@ -124,6 +124,7 @@ class TextSettings(Section):
     synonyms: str | dict[str, str] | None = knob(None)
     background: str | tuple[str, ...] = knob(("grass", "water", "wall", "sky", "road", "sand"), check=bool,
                                              expect="voc, coco, a file, or a non-empty word list")
+    background_prompts: Literal["words", "learned", "both"] = knob("learned")
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,31 @@ class CamsSettings(Section):
     def check(self):
         if self.refine and self.caa_layers < 1:
             raise ConfigError("cams.caa_layers: must be ≥ 1 when cams.refine is true, got 0")
+
+
+@dataclass(frozen=True)
+class PromptsSettings(Section):
+    """Learned per-class background prompts (docs/method.md §6); defaults sized for the toy world."""
+
+    KEY = "prompts"
+    teacher: str = knob("data/cams_words", scheduling=True)
+    out: str = knob("data/prompts", scheduling=True)
+    split: str = knob("train", check=bool, expect="a split name")
+    source: Literal["refined", "cam"] = knob("refined")
+    mask_threshold: float | None = knob(0.4, ge=0, lt=1)
+    length: int = knob(8, ge=1)
+    init: Literal["words", "uniform"] = knob("words")
+    template: str = knob("a photo of {}.", check=lambda t: "{}" in t, expect="a template with {} for the tokens")
+    epochs: int = knob(60, ge=1)
+    batch_size: int = knob(128, ge=1)
+    lr: float = knob(0.025, gt=0)
+    weight_decay: float = knob(0.01, ge=0)
+    class_push: float = knob(0.3, ge=0)
+    foreground_repel: float = knob(0.0, ge=0)
+    softmax_match: float = knob(1.0, ge=0)
+    amp: Literal["fp16", "bf16"] | None = knob(None)
+    device: str = knob("auto", scheduling=True, check=_is_device, expect="auto, cpu, cuda or cuda:N")
+    seed: int = knob(0)
 
 
 @dataclass(frozen=True)
@@ -200,6 +226,7 @@ class Settings:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     clip: ClipSettings = field(default_factory=ClipSettings)
     text: TextSettings = field(default_factory=TextSettings)
+    prompts: PromptsSettings = field(default_factory=PromptsSettings)
     cams: CamsSettings = field(default_factory=CamsSettings)
     masks: MasksSettings = field(default_factory=MasksSettings)
     evaluate_masks: EvaluateMasksSettings = field(default_factory=EvaluateMasksSettings)

@@ -47,12 +47,13 @@ class CamEngine:
     """CLIP-ES pseudo-object maps from a frozen open_clip CLIP model (left unmodified, in eval mode).
 
     class_text [C, E]: class embeddings (`encode_class_texts`), rows addressed by `class_idx`;
-    bg_text [B, E]: background embeddings. `config`: the `cams` settings (its scheduling knobs are ignored
+    bg_text [B, E]: background embeddings shared by every image; class_bg [C, E]: optional per-class
+    background embeddings (learned prompts), those of an image's present classes join its softmax. `config`: the `cams` settings (its scheduling knobs are ignored
     here). `device` defaults to the model's.
     """
 
     def __init__(self, model, class_text: torch.Tensor, bg_text: torch.Tensor, config: CamsSettings | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, class_bg: torch.Tensor | None = None):
         self.config = config or CamsSettings()
         self.model = model
         if getattr(model, "training", False):
@@ -63,6 +64,10 @@ class CamEngine:
                               token_chunk=self.config.token_chunk)
         self.class_text = F.normalize(class_text.detach().float(), dim=-1).to(self.device)
         self.bg_text = F.normalize(bg_text.detach().float(), dim=-1).to(self.device)
+        self.class_bg = None if class_bg is None else F.normalize(class_bg.detach().float(), dim=-1).to(self.device)
+        if self.class_bg is not None and self.class_bg.shape != self.class_text.shape:
+            raise ValueError(f"class_bg must be one embedding per class {tuple(self.class_text.shape)}, "
+                             f"got {tuple(self.class_bg.shape)}")
         self.logit_scale = float(model.logit_scale.detach().float().exp())
         self.mean, self.std = image_mean_std(model.visual)
         self.patch_size = self.dense.patch_size
@@ -95,6 +100,13 @@ class CamEngine:
             outs.append(self._finish(image, list(idx), x[b:b + 1], grid, attn[b] if refine else None))
         return outs
 
+    def background(self, idx: list[int]) -> torch.Tensor:
+        """The softmax's background rows for an image with classes `idx`: the shared words, then the
+        present classes' own background prompts."""
+        if self.class_bg is None:
+            return self.bg_text
+        return torch.cat([self.bg_text, self.class_bg[idx]])
+
     def _finish(self, image: Image.Image, idx: list[int], x_last: torch.Tensor, grid: tuple[int, int],
                 attn: torch.Tensor | None) -> CamOutput:
         size = (image.height, image.width)
@@ -106,7 +118,7 @@ class CamEngine:
             return CamOutput(empty, empty.copy() if self.config.refine else None, grid_empty,
                              grid_empty.copy() if self.config.refine else None, np.zeros(0, np.float32))
         with self._autocast():
-            res = softmax_gradcam(self.dense, x_last, grid, self.class_text[idx], self.bg_text, self.logit_scale,
+            res = softmax_gradcam(self.dense, x_last, grid, self.class_text[idx], self.background(idx), self.logit_scale,
                                   attn_out=None if attn is None else attn[None],
                                   class_chunk=1 if self.config.grad_mode == "loop" else self.config.class_chunk)
         cam_grid = res.cam_grid

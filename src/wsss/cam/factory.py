@@ -48,7 +48,7 @@ def check_clip_source(clip: ClipSettings) -> None:
         raise ConfigError(f"clip.pretrained: checkpoint file {clip.pretrained} not found")
 
 
-def _weights_id(pretrained: str | None) -> str:
+def weights_id(pretrained: str | None) -> str:
     """A tag stays a tag; a local file is identified by its content hash (computed once per process
     for an unchanged file: the stage's work check and its body both need it)."""
     if pretrained and Path(pretrained).is_file():
@@ -71,11 +71,34 @@ def cam_settings_key(settings: Settings) -> str:
     from wsss.shards import fingerprint
 
     clip, text = settings.clip, settings.text
-    return fingerprint({
-        "version": MAPS_VERSION, "model": clip.model, "weights": _weights_id(clip.pretrained),
+    config = {
+        "version": MAPS_VERSION, "model": clip.model, "weights": weights_id(clip.pretrained),
         "precision": clip.precision, "templates": list(text.templates), "synonyms": text.synonyms,
         "background": background_words(text.background), "cams": settings.cams.work_settings(),
-    })
+    }
+    if text.background_prompts != "words":  # the words-only key stays what it was before prompts existed
+        config.update(background_prompts=text.background_prompts, prompts=weights_id(str(prompts_file(settings))))
+    return fingerprint(config)
+
+
+def prompts_file(settings: Settings) -> Path:
+    from wsss.prompts.store import PROMPTS_FILE
+
+    return Path(settings.prompts.out) / PROMPTS_FILE
+
+
+def teacher_settings(settings: Settings) -> Settings:
+    """The settings of the teacher CAMs: the hand-written background words only, into `prompts.teacher`,
+    no overlays. They are also the `words` row of the ablation and what `cams` reuses when it is set to words."""
+    from dataclasses import replace
+
+    teacher = Path(settings.prompts.teacher).resolve()
+    for key, other in (("cams.out", settings.cams.out), ("prompts.out", settings.prompts.out)):
+        if teacher == Path(other).resolve():
+            raise ConfigError(f"prompts.teacher: {settings.prompts.teacher} is also {key}; the teacher CAMs need "
+                              "their own folder")
+    return replace(settings, text=replace(settings.text, background_prompts="words"),
+                   cams=replace(settings.cams, out=settings.prompts.teacher, overlays=0))
 
 
 def pick_device(spec: str | None, shard: int = 0) -> str:
@@ -99,4 +122,11 @@ def build_cam_engine(settings: Settings, vocab: Vocabulary, shard: int = 0):
     templates = list(text.templates)
     class_text = encode_class_texts(model, tokenizer, fuse_synonyms(vocab.names, text.synonyms), templates)
     bg_text = encode_class_texts(model, tokenizer, background_words(text.background), templates)
-    return CamEngine(model, class_text, bg_text, cams, device)
+    class_bg = None
+    if text.background_prompts != "words":
+        from wsss.prompts.store import clip_identity, load_prompts
+
+        class_bg = load_prompts(prompts_file(settings), clip_identity(clip.model, clip.pretrained), vocab.names)
+        if text.background_prompts == "learned":
+            bg_text = bg_text[:0]
+    return CamEngine(model, class_text, bg_text, cams, device, class_bg=class_bg)

@@ -34,6 +34,7 @@ class ShardStats:
     shard: int
     computed: int = 0
     skipped: int = 0
+    reused: int = 0
     pixels: int = 0
     seconds: float = 0.0
 
@@ -59,12 +60,36 @@ def stale_rows(ds: Dataset, cam_dir: str | Path, settings_key: str = "", shard: 
     return todo, current
 
 
+def reuse(todo: list, cam_dir: str | Path, reuse_dir: str | Path) -> tuple[list, int]:
+    """Copy the files of `reuse_dir` that have exactly the wanted key (the same maps, already computed);
+    returns the rows still to compute and how many were copied."""
+    import shutil
+
+    from wsss.io import atomic_path
+
+    left, copied = [], 0
+    for row, key in todo:
+        source = cam_path(reuse_dir, row["id"])
+        if stored_key(source) != key:
+            left.append((row, key))
+            continue
+        with atomic_path(cam_path(cam_dir, row["id"])) as tmp:
+            shutil.copyfile(source, tmp)
+        copied += 1
+    return left, copied
+
+
 def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, settings_key: str = "",
-                  shard: int = 0, shards: int = 1, progress: bool = True) -> ShardStats:
+                  shard: int = 0, shards: int = 1, progress: bool = True,
+                  reuse_dir: str | Path | None = None) -> ShardStats:
     """Compute the CAM files of shard `shard` of `shards`; `engine_factory()` returns a `CamEngine`.
-    Stops between batches when a stop is requested (`wsss.interrupt`)."""
+    Files with the same key in `reuse_dir` are copied instead. Stops between batches when a stop is
+    requested (`wsss.interrupt`)."""
     todo, current = stale_rows(ds, cam_dir, settings_key, shard, shards)
     stats = ShardStats(shard, skipped=current)
+    if reuse_dir is not None and todo:
+        todo, stats.reused = reuse(todo, cam_dir, reuse_dir)
+        print(f"cams shard {shard}/{shards}: {stats.reused} CAM file(s) copied from {reuse_dir} (same key)")
     print(f"cams shard {shard}/{shards}: {len(todo)} image(s) to compute, {stats.skipped} already current")
     if not todo:
         return stats

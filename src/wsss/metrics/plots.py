@@ -1,4 +1,4 @@
-"""Pictures of pseudo-mask quality: per-class IoU bars, a confusion heatmap and an example grid.
+"""Pictures: per-class IoU bars, a confusion heatmap, an example grid (pseudo-mask quality) and loss curves.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global state, no display needed) and
 saved atomically as PNG — they are DVC image plots and MLflow artifacts.
@@ -178,3 +178,17 @@ def example_rows(dataset: "Dataset", cam_dir: str | Path, mask_dir: str | Path, 
         pseudo = load_mask(pseudo_file) if pseudo_file.exists() else None
         rows.append((image, gt, record.cam.astype(np.float32), record.refined.astype(np.float32), pseudo))
     return rows, list(ids)
+
+
+def loss_curves(history: Sequence[dict], path: str | Path) -> Path:
+    """Per-epoch training loss and its terms (one line each) from a history of {"epoch", "loss", ...}."""
+    fig = _figure(6, 3.5)
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    for name in [k for k in history[0] if k != "epoch"] if history else []:
+        ax.plot(epochs, [h.get(name) for h in history], label=name, linewidth=2 if name == "loss" else 1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (weighted terms)")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -31,6 +31,11 @@ class PromptLearner(nn.Module):
             p.requires_grad_(False)
         tokens = tokenizer([template.format(" ".join([PLACEHOLDER] * length))])  # [1, context]
         self.start = _slot_start(tokenizer, template, length)
+        placeholder = tokenizer([PLACEHOLDER])[0][1]
+        fits = int((tokens[0] == placeholder).sum()) == length and int(tokens[0].argmax()) < tokens.shape[1] - 1
+        if not fits:
+            raise ConfigError(f"prompts.length: {length} learned tokens in {template!r} do not fit the text "
+                              f"encoder's {tokens.shape[1]}-token context")
         self.length = length
         self.register_buffer("tokens", tokens, persistent=False)
         width = model.token_embedding.weight.shape[1]

@@ -7,8 +7,9 @@ object crop X_f = M·X (M the class's CAM-derived mask), with b = E_img(X_b), f 
 - `background_pull`:   −log s(b, p_k)            the prompt matches the class's background;
 - `class_push`:        +λ₂ · log s(t_k, p_k)      and stays away from the class name (λ₂ small: 0.02 VOC);
 - `foreground_repel`:  −λ₃ · log(1 − s(f, p_k))   the object itself does not look like the prompt;
-- `softmax_match`:     −log softmax(τ·[s(b, t_k), s(b, p_k)])₁, the prompt wins the background crop over the
-  class text in the same kind of softmax CAM scoring uses next (τ = the CLIP logit scale).
+- `softmax_match`:     −log softmax(τ·[s(b, t_k), s(b, p_k)])₁ − log softmax(τ·[s(f, t_k), s(f, p_k)])₀: in the
+  kind of softmax CAM scoring uses next (τ = the CLIP logit scale), the prompt wins the background crop
+  and the class text wins the object crop — the prompt must not take the object's own score.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ def foreground_repel(foreground: torch.Tensor, prompt: torch.Tensor) -> torch.Te
     return -torch.log(1 - _cos(foreground, prompt)).mean()
 
 
-def softmax_match(background: torch.Tensor, class_text: torch.Tensor, prompt: torch.Tensor,
-                  logit_scale: float) -> torch.Tensor:
-    logits = logit_scale * torch.stack([(background * class_text).sum(-1), (background * prompt).sum(-1)], dim=-1)
-    return -torch.log_softmax(logits, dim=-1)[:, 1].mean()
+def softmax_match(background: torch.Tensor, foreground: torch.Tensor | None, class_text: torch.Tensor,
+                  prompt: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    def log_p(crop, winner):
+        logits = logit_scale * torch.stack([(crop * class_text).sum(-1), (crop * prompt).sum(-1)], dim=-1)
+        return torch.log_softmax(logits, dim=-1)[:, winner].mean()
+
+    return -log_p(background, 1) - (log_p(foreground, 0) if foreground is not None else 0.0)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ def prompt_loss(background: torch.Tensor, foreground: torch.Tensor | None, class
     if weights.foreground_repel and foreground is not None:
         terms["foreground_repel"] = weights.foreground_repel * foreground_repel(foreground, prompt)
     if weights.softmax_match:
-        terms["softmax_match"] = weights.softmax_match * softmax_match(background, class_text, prompt, logit_scale)
+        terms["softmax_match"] = weights.softmax_match * softmax_match(background, foreground, class_text, prompt,
+                                                                          logit_scale)
     loss = torch.stack(list(terms.values())).sum()
     return loss, {k: float(v.detach()) for k, v in terms.items()}
