@@ -153,10 +153,13 @@ def _runs(root: Path, stage: str):
                               order_by=["attributes.start_time ASC"])
 
 
+BUSY = 160  # images: each interrupt test must stop the stage with images left, after the earlier ones
+
+
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
     """A project with enough images that the cams stage runs for a while."""
-    return _project(tmp_path_factory.mktemp("busy"), 80, 0)
+    return _project(tmp_path_factory.mktemp("busy"), BUSY, 0)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -176,7 +179,7 @@ def test_signal_stops_the_stage_within_seconds(busy, sig, code):
     assert not alive, "the stage's Prefect API outlived it"
     assert _runs(busy, "cams")[-1].info.status == "KILLED"
     done = list((busy / "cams").glob("*.npz"))
-    assert len(done) < 80 and not list((busy / "cams").glob(".*"))  # finished files whole, no temp files
+    assert len(done) < BUSY and not list((busy / "cams").glob(".*"))  # finished files whole, no temp files
 
 
 def test_kill_9_leaves_no_server_and_the_next_start_ends_the_run(busy):
@@ -185,7 +188,7 @@ def test_kill_9_leaves_no_server_and_the_next_start_ends_the_run(busy):
     children = psutil.Process(proc.pid).children(recursive=True)
     proc.kill()
     proc.communicate(timeout=30)
-    assert len(list((busy / "cams").glob("*.npz"))) < 80, "killed only after it finished: use more images"
+    assert len(list((busy / "cams").glob("*.npz"))) < BUSY, "killed only after it finished: use more images"
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, "the Prefect API outlived its stage"
     killed = _runs(busy, "cams")[-1]
@@ -196,7 +199,7 @@ def test_kill_9_leaves_no_server_and_the_next_start_ends_the_run(busy):
     runs = {r.info.run_id: r for r in _runs(busy, "cams")}
     assert runs[killed.info.run_id].info.status == "KILLED"
     assert list(runs.values())[-1].info.status == "FINISHED"
-    assert len(list((busy / "cams").glob("*.npz"))) == 80
+    assert len(list((busy / "cams").glob("*.npz"))) == BUSY
 
 
 def test_mlflow_logs_the_settings_that_ran(finished):

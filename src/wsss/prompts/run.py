@@ -51,7 +51,7 @@ def feature_key(settings: Settings, ds) -> str:
     cfg = settings.prompts
     return fingerprint({"clip": clip_identity(settings.clip.model, settings.clip.pretrained),
                         "precision": settings.clip.precision, "teacher": keys, "source": cfg.source,
-                        "mask_threshold": cfg.mask_threshold})
+                        "mask_threshold": cfg.mask_threshold, "amp": cfg.amp})
 
 
 def prompts_key(settings: Settings, ds) -> str:

@@ -140,6 +140,8 @@ def train_prompts(learner: PromptLearner, feats: CropFeatures, class_text: torch
         with torch.no_grad():
             learner.ctx.copy_(state["ctx"].to(device))
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         history = list(state["history"])
         print(f"prompts: resuming after epoch {len(history)} of {cfg.epochs} ({checkpoint})")
     b, f = feats.background.to(device), feats.foreground.to(device)
@@ -167,6 +169,7 @@ def train_prompts(learner: PromptLearner, feats: CropFeatures, class_text: torch
             if checkpoint:
                 with atomic_path(checkpoint) as tmp:
                     torch.save({"key": key, "ctx": learner.ctx.detach().cpu(), "optimizer": optimizer.state_dict(),
+                                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                                 "history": history}, tmp)
             if on_epoch:
                 on_epoch(epoch + 1, record)
