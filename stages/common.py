@@ -130,6 +130,26 @@ def main(stage: Stage) -> None:
         raise SystemExit(1)
 
 
+def run_worker(work: Callable[[Settings], Any]) -> None:
+    """A helper process of a stage (a non-zero `torchrun` rank): the same settings check and signal
+    handling as `main`, then `work(settings)` without a Prefect flow or MLflow run of its own."""
+    try:
+        settings = load_settings()
+    except WsssError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        with handle_signals():
+            work(settings)
+    except WsssError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
+    except BaseException as e:
+        if not is_interrupt(e):
+            raise
+        raise SystemExit(exit_code())
+
+
 def preload(stage: Stage, settings: Settings) -> None:
     """Import Prefect, MLflow (and open its store) and the stage's heavy modules."""
     import prefect  # noqa: F401

@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + SemPLeS), as a "
                        "DVC / Prefect / MLflow pipeline. Run `wsss repro` for the whole pipeline.")
 
-STAGES = ["toyworld", "prepare", "teacher", "prompts", "cams", "masks", "evaluate_masks"]
+STAGES = ["toyworld", "prepare", "teacher", "prompts", "cams", "masks", "evaluate_masks", "train", "evaluate"]
 
 
 def _project_root() -> Path:
@@ -173,6 +173,28 @@ def select_template_cmd(split: str = typer.Option("train", help="Split of the pr
     for i, s in enumerate(ranking[:top], 1):
         typer.echo(f"{i:>4}  {s.sharpness:>10.4f}  {s.template}")
     typer.echo(f"best: {ranking[0].template!r} (set text.templates in params.yaml); full ranking: {out}")
+
+
+@app.command()
+def predict(inputs: list[Path] = typer.Argument(..., help="Images and/or folders of images."),
+            model: str = typer.Option("models:/wsss-segmenter@champion",
+                                      help="MLflow model URI, or a segmenter file / folder (e.g. data/train)."),
+            out: Path = typer.Option(Path("predictions"), help="Output folder: <name>.png + <name>_overlay.png."),
+            scales: str = typer.Option("1.0", help="Comma-separated inference scales, e.g. 0.75,1,1.25."),
+            flip: bool = typer.Option(False, help="Also average horizontally flipped predictions."),
+            device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")):
+    """Segment new images with the registered champion (or any segmenter): palette PNGs and overlays."""
+    from wsss.seg.infer import load_segmenter
+    from wsss.seg.predict import image_files, predict_files, resolve_segmenter
+
+    try:
+        scale_list = [float(s) for s in scales.split(",")]
+    except ValueError:
+        raise WsssError(f"--scales: {scales!r} is not a comma-separated list of numbers") from None
+    files = image_files(inputs)
+    segmenter, info = load_segmenter(resolve_segmenter(model), _device(device))
+    written = predict_files(segmenter, info, files, out, scale_list, flip)
+    typer.echo(f"wrote {len(written)} prediction(s) and overlays to {out} (classes: {', '.join(info['classes'])})")
 
 
 def _device(spec: str | None) -> str:

@@ -217,6 +217,47 @@ class EvaluateMasksSettings(Section):
 
 
 @dataclass(frozen=True)
+class TrainSettings(Section):
+    """The segmenter (docs/method.md §5); defaults sized for the toy world on a CPU."""
+
+    KEY = "train"
+    out: str = knob("data/train", scheduling=True)
+    arch: Literal["toy", "resnet50", "resnet101", "mobilenet_v3_large"] = knob("toy")
+    width: int = knob(16, ge=4)
+    weights: str | None = knob(None)
+    target: Literal["pseudo", "ground_truth"] = knob("pseudo")
+    split: str = knob("train", check=bool, expect="a split name")
+    iterations: int = knob(1000, ge=1)
+    batch_size: int = knob(16, ge=1)
+    crop: int = knob(64, ge=8)
+    scale: tuple[float, float] = knob((0.75, 1.5), check=lambda s: len(s) == 2 and 0 < s[0] <= s[1],
+                                      expect="[low, high] with 0 < low ≤ high")
+    lr: float = knob(0.02, gt=0)
+    momentum: float = knob(0.9, ge=0, lt=1)
+    weight_decay: float = knob(1e-4, ge=0)
+    poly_power: float = knob(0.9, ge=0)
+    checkpoint_every: int = knob(250, ge=1, scheduling=True)
+    log_every: int = knob(25, ge=1, scheduling=True)
+    amp: Literal["fp16", "bf16"] | None = knob(None)
+    workers: int = knob(0, ge=0, scheduling=True)
+    device: str = knob("auto", scheduling=True, check=_is_device, expect="auto, cpu, cuda or cuda:N")
+    seed: int = knob(0)
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(Section):
+    KEY = "evaluate"
+    out: str = knob("reports/seg", scheduling=True)
+    split: str = knob("val", check=bool, expect="a split name")
+    scales: tuple[float, ...] = knob((0.75, 1.0, 1.25), check=lambda s: bool(s) and all(x > 0 for x in s),
+                                     expect="positive scales")
+    flip: bool = knob(True)
+    examples: int = knob(6, ge=0)
+    registered_model: str = knob("wsss-segmenter", check=bool, expect="a registered model name")
+    device: str = knob("auto", scheduling=True, check=_is_device, expect="auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
 class Settings:
     """All of `params.yaml`."""
 
@@ -230,6 +271,8 @@ class Settings:
     cams: CamsSettings = field(default_factory=CamsSettings)
     masks: MasksSettings = field(default_factory=MasksSettings)
     evaluate_masks: EvaluateMasksSettings = field(default_factory=EvaluateMasksSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
 
     def sections(self, names) -> dict[str, dict[str, Any]]:
         """{name: section as a plain dict} for the given section names (what a stage logs)."""

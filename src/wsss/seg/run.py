@@ -1,0 +1,113 @@
+"""From settings to a trained segmenter file: the inputs' key, the training pairs, the model, the
+`torchrun` process group. The `train` stage calls `train_from_settings`; every rank of a `torchrun`
+launch runs it (rank 0 inside the stage's Prefect flow and MLflow run, the others bare)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from wsss.errors import DataError
+from wsss.settings import Settings
+
+SEGMENTER_FILE = "segmenter.pt"
+KEY_FILE = "segmenter.json"  # beside segmenter.pt: its inputs' key, readable without torch
+
+
+def training_split(settings: Settings):
+    from wsss.data.manifest import read_dataset
+
+    ds = read_dataset(settings.data.prepared)
+    if settings.train.split not in set(ds.table["split"]):
+        raise DataError(f"train.split: no split {settings.train.split!r} in {settings.data.prepared}")
+    return ds.split(settings.train.split)
+
+
+def label_dir(settings: Settings) -> str | None:
+    """The pseudo masks (the product's path), or None = ground truth (the upper-bound experiment only)."""
+    return settings.masks.out if settings.train.target == "pseudo" else None
+
+
+def segmenter_key(settings: Settings, ds) -> str:
+    """Every training setting plus each image's label map identity (a pseudo mask's own key, or the
+    ground-truth file's content hash) and the initial weights' content."""
+    from wsss.cam.factory import weights_id
+    from wsss.data.palette import stored_png_key
+    from wsss.shards import fingerprint
+
+    masks = label_dir(settings)
+    labels = []
+    for row in ds.table.itertuples(index=False):
+        if masks is not None:
+            key = stored_png_key(Path(masks) / f"{row.id}.png")
+            if key is None:
+                raise DataError(f"{Path(masks) / f'{row.id}.png'}: pseudo mask missing or unreadable "
+                                "(run `dvc repro masks` first)")
+        else:
+            key = hashlib.sha1((ds.root / row.mask).read_bytes()).hexdigest()
+        labels.append((row.id, key))
+    cfg = settings.train
+    return fingerprint({"train": cfg.work_settings(), "labels": labels, "classes": ds.vocab.names,
+                        "weights": weights_id(cfg.weights) if cfg.weights else None})
+
+
+def current_key(settings: Settings) -> str | None:
+    out = Path(settings.train.out)
+    try:
+        if (out / SEGMENTER_FILE).is_file():
+            return json.loads((out / KEY_FILE).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def init_distributed() -> None:
+    """Join the `torchrun` process group (gloo on CPU, NCCL on GPU) when launched with more than one process."""
+    import torch
+    import torch.distributed as dist
+
+    from wsss.seg.train import World
+
+    world = World.from_env()
+    if world.size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group(backend)
+
+
+def train_from_settings(settings: Settings, on_log: Callable | None = None, on_checkpoint: Callable | None = None,
+                        progress: bool = True) -> dict:
+    """Train and write `<train.out>/segmenter.pt` (rank 0); returns the training statistics."""
+    import torch
+
+    from wsss.io import write_json
+    from wsss.seg.data import SegmentationPairs
+    from wsss.seg.infer import save_segmenter
+    from wsss.seg.model import build_segmenter
+    from wsss.seg.train import World, train_segmenter
+    from wsss.seg.transforms import train_transform
+
+    cfg = settings.train
+    init_distributed()
+    ds = training_split(settings)
+    key = segmenter_key(settings, ds)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build_segmenter(cfg.arch, ds.vocab.num_classes + 1, cfg.weights, cfg.width)
+    transform = partial(_transform, crop=cfg.crop, scale=tuple(cfg.scale), fn=train_transform)
+    pairs = SegmentationPairs(ds, label_dir(settings), transform, cfg.seed)
+    stats = train_segmenter(model, pairs, cfg, cfg.out, key, on_log, on_checkpoint, progress)
+    if World.from_env().main:
+        save_segmenter(Path(cfg.out) / SEGMENTER_FILE, model, cfg.arch, cfg.width, list(ds.vocab.names),
+                       {"key": key, "iterations": stats["iterations"], "target": cfg.target})
+        write_json(Path(cfg.out) / KEY_FILE, {"key": key, "target": cfg.target, "classes": list(ds.vocab.names)})
+    return {**stats, "images": len(ds)}
+
+
+def _transform(image, mask, g, *, crop, scale, fn):
+    from wsss.seg.infer import IMAGENET_MEAN, IMAGENET_STD
+
+    return fn(image, mask, crop=crop, scale=scale, mean=IMAGENET_MEAN, std=IMAGENET_STD, g=g)

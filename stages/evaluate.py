@@ -1,0 +1,67 @@
+"""DVC stage `evaluate`: the segmenter on `evaluate.split` (val), single-scale and multi-scale + flip;
+mIoU, per-class IoU / precision / recall, confusion matrix, example predictions; `reports/metrics.json`
+(DVC metrics), `reports/seg/` (tables, figures) and MLflow; then the model registry gate: the model is
+logged and registered, and `champion` moves to it only when its multi-scale val mIoU is the best so far.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages.common import main, stage
+
+METRICS = Path("reports/metrics.json")
+
+
+@stage("evaluate", ["train", "evaluate"],
+       imports=("torch", "torchvision", "wsss.seg.infer", "wsss.seg.registry", "wsss.metrics.plots"))
+def evaluate(settings, run) -> dict:
+    """Score, report, register, gate."""
+    from wsss.data.manifest import read_dataset
+    from wsss.io import atomic_dir, write_json
+    from wsss.metrics.evaluate import metrics_summary, write_report
+    from wsss.seg.infer import evaluate_segmenter, load_segmenter
+    from wsss.seg.registry import log_and_gate
+    from wsss.seg.run import SEGMENTER_FILE
+    from wsss.seg.train import pick_device, World
+
+    cfg = settings.evaluate
+    segmenter = Path(settings.train.out) / SEGMENTER_FILE
+    model, info = load_segmenter(segmenter, pick_device(cfg.device, World()))
+    ds = read_dataset(settings.data.prepared).split(cfg.split)
+    single, kept = evaluate_segmenter(model, info, ds, (1.0,), False, keep=cfg.examples)
+    multi, _ = evaluate_segmenter(model, info, ds, cfg.scales, cfg.flip)
+    results = {"single_scale": single, "multi_scale": multi}
+    metrics = {name: {k: v for k, v in metrics_summary(r).items() if k != "iou"} for name, r in results.items()}
+    with atomic_dir(Path(cfg.out)) as tmp:
+        for name, result in results.items():
+            write_report(result, ds.vocab, tmp / name, plots=True)
+        write_json(tmp / "per_class.json", {name: metrics_summary(r)["iou"] for name, r in results.items()})
+        if kept:
+            _examples(ds, kept, tmp / "examples.png")
+    write_json(METRICS, {"segmenter": metrics, "classes": len(info["classes"])})
+    for name, values in metrics.items():
+        run.log_metrics({f"{name}.{k}": v for k, v in values.items()})
+    run.log_metrics({f"{name}.iou.{c}": s["iou"] for name, r in results.items() for c, s in r["per_class"].items()
+                     if s["iou"] is not None})
+    run.log_artifact(Path(cfg.out), "seg")
+    run.log_artifact(METRICS)
+    decision = log_and_gate(run, segmenter, info["classes"], multi["miou"], cfg.registered_model)
+    print(f"{cfg.split}: mIoU single-scale {single['miou']:.4f}, multi-scale + flip {multi['miou']:.4f}")
+    print(f"registry: {decision.message()}")
+    return metrics
+
+
+def _examples(ds, kept: dict, path: Path) -> None:
+    from wsss.data.images import load_rgb_array
+    from wsss.data.palette import load_mask
+    from wsss.metrics.plots import example_grid
+
+    table = ds.table.set_index("id")
+    rows = [(load_rgb_array(ds.root / table.loc[i, "image"]), load_mask(ds.root / table.loc[i, "mask"]), pred)
+            for i, pred in kept.items()]
+    example_grid(rows, path, titles=("image", "ground truth", "prediction"), row_labels=list(kept))
+
+
+if __name__ == "__main__":
+    main(evaluate)

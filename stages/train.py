@@ -1,0 +1,70 @@
+"""DVC stage `train`: DeepLab-V3 on the pseudo masks with the confidence-guided loss (docs/method.md §5).
+
+One process: `python -m stages.train` (what `dvc repro` runs). Several GPUs or nodes: the same entry point
+under `torchrun --nproc_per_node N -m stages.train` (DDP); rank 0 runs the Prefect flow and the MLflow run,
+the other ranks only train. Checkpoints every `train.checkpoint_every` iterations; a rerun after an
+interruption (even `kill -9`) continues from the last one.
+"""
+
+from __future__ import annotations
+
+from stages.common import main, stage
+
+
+def has_work(settings) -> bool:
+    from wsss.seg.run import current_key, segmenter_key, training_split
+
+    return current_key(settings) != segmenter_key(settings, training_split(settings))
+
+
+@stage("train", ["train"], has_work=has_work,
+       imports=("torch", "torchvision", "wsss.seg.train", "wsss.seg.infer", "wsss.metrics.evaluate"))
+def train(settings, run) -> dict:
+    """Train (resuming when a checkpoint of the same inputs exists), validate at each checkpoint, log."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from wsss.data.manifest import read_dataset
+    from wsss.seg.infer import IMAGENET_MEAN, IMAGENET_STD, evaluate_segmenter
+    from wsss.seg.run import train_from_settings
+
+    val = read_dataset(settings.data.prepared)
+    val = val.split(settings.evaluate.split) if settings.evaluate.split in set(val.table["split"]) else None
+    info = {"classes": list(val.vocab.names) if val is not None else [], "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+
+    def on_log(iteration: int, metrics: dict) -> None:
+        run.log_metrics(metrics, step=iteration)
+
+    def on_checkpoint(iteration: int, model) -> None:
+        """Validation mIoU at each checkpoint: logged to follow training, never used to pick a model."""
+        if val is not None and (val.table["mask"] != "").any():
+            result, _ = evaluate_segmenter(model, info, val, progress=False)
+            run.log_metrics({"val_miou": result["miou"]}, step=iteration)
+
+    monitor = SystemMetricsMonitor(run.run_id, sampling_interval=5, tracking_uri=run.client.tracking_uri)
+    monitor.start()
+    try:
+        stats = train_from_settings(settings, on_log, on_checkpoint)
+    finally:
+        monitor.finish()
+    run.log_metrics(stats)
+    print({k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()})
+    return stats
+
+
+def worker(settings) -> None:
+    """A non-zero rank of a `torchrun` launch: the same checks, then training only."""
+    from wsss.seg.run import train_from_settings
+
+    if has_work(settings):
+        train_from_settings(settings, progress=False)
+
+
+if __name__ == "__main__":
+    import os
+
+    if int(os.environ.get("RANK", "0")) > 0:
+        from stages.common import run_worker
+
+        run_worker(worker)
+    else:
+        main(train)

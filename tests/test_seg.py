@@ -1,0 +1,233 @@
+"""The segmenter: the confidence-guided loss, joint transforms, resume after an interruption, the
+registry gate and `wsss predict`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wsss.seg.loss import IGNORE, confidence_guided_loss
+from wsss.seg.transforms import random_crop, random_flip, random_scale, train_transform
+
+
+def test_ignored_pixels_contribute_nothing():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8, generator=g, requires_grad=True)
+    target = torch.randint(0, 4, (2, 8, 8), generator=g)
+    target[0, :4] = IGNORE
+    loss = confidence_guided_loss(logits, target)
+    valid = target != IGNORE
+    per_pixel = torch.nn.functional.cross_entropy(logits.detach(), target.clamp(max=3), reduction="none")
+    assert loss.item() == pytest.approx(per_pixel[valid].mean().item(), rel=1e-6)  # averaged over valid pixels only
+    loss.backward()
+    assert logits.grad[0, :, :4].abs().sum() == 0 and logits.grad[0, :, 4:].abs().sum() > 0
+    changed = logits.detach().clone()
+    changed[0, :, :4] = 100 * torch.randn(4, 4, 8, generator=g)  # anything at ignored pixels
+    assert confidence_guided_loss(changed, target).item() == pytest.approx(loss.item(), rel=1e-6)
+    everything_ignored = confidence_guided_loss(logits, torch.full_like(target, IGNORE))
+    assert everything_ignored.item() == 0 and everything_ignored.requires_grad  # not NaN
+
+
+def _coded_pair(h=40, w=56):
+    """Blocks of labels, and an image whose first channel encodes the label (10 per class)."""
+    mask = torch.zeros(h, w, dtype=torch.long)
+    mask[5:30, 8:30], mask[12:38, 34:52] = 1, 2
+    mask[0:4, :] = IGNORE
+    image = torch.zeros(3, h, w)
+    image[0] = (mask % IGNORE) * 10.0
+    image[1] = torch.arange(w).float()  # position along x: shows flips
+    return image, mask
+
+
+def test_crop_and_flip_move_image_and_labels_together():
+    image, mask = _coded_pair()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        x, y = random_flip(*random_crop(image, mask, 32, g), g)
+        assert x.shape[-2:] == y.shape == (32, 32)
+        assert torch.equal(x[0], (y % IGNORE) * 10.0)
+    padded_x, padded_y = random_crop(image, mask, 64, g)  # larger than the image: padded, labels ignored
+    assert padded_x.shape[-2:] == (64, 64) and (padded_y == IGNORE).sum() >= 64 * 64 - 40 * 56
+    flipped_x, flipped_y = image.flip(-1), mask.flip(-1)
+    assert torch.equal(flipped_x[1], image[1].flip(-1)) and torch.equal(flipped_y, mask.flip(-1))
+
+
+def test_rescaled_labels_stay_under_their_pixels():
+    image, mask = _coded_pair()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        x, y = random_scale(image, mask, 0.5, 1.5, g)
+        code = x[0] / 10
+        spread = (torch.nn.functional.max_pool2d(code[None], 3, 1, 1) + torch.nn.functional.max_pool2d(-code[None], 3, 1, 1))[0]
+        pure = (spread < 0.01) & (y != IGNORE)  # inside a block: no bilinear blend of two blocks around it
+        assert pure.float().mean() > 0.4
+        assert torch.equal(code.round().long()[pure], y[pure])
+        assert not torch.equal(code.round().long()[pure], y.flip(-1)[pure])  # a misaligned pair would show
+    x, y = train_transform((image * 0 + 128).to(torch.uint8), mask, crop=32, scale=(0.75, 1.25),
+                           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), g=g)
+    assert x.shape == (3, 32, 32) and y.shape == (32, 32) and x.dtype == torch.float32
+
+
+# ---- resume -----------------------------------------------------------------------------------------------
+class _Squares(torch.utils.data.Dataset):
+    """Tiny images with a bright square (class 1) on noise, half its border ignored."""
+
+    def __init__(self, n=12, size=16):
+        g = torch.Generator().manual_seed(0)
+        self.items = []
+        for _ in range(n):
+            x = torch.randn(3, size, size, generator=g) * 0.2
+            y = torch.zeros(size, size, dtype=torch.long)
+            top, left = (int(v) for v in torch.randint(0, size - 6, (2,), generator=g))
+            x[:, top:top + 6, left:left + 6] += 1.0
+            y[top:top + 6, left:left + 6] = 1
+            y[top, left:left + 6] = IGNORE
+            self.items.append((x, y))
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _train_settings(**kw):
+    from wsss.settings import TrainSettings
+
+    return TrainSettings(**{"iterations": 12, "batch_size": 4, "checkpoint_every": 4, "log_every": 1, "lr": 0.05,
+                            "device": "cpu", "workers": 0, **kw})
+
+
+def _toy_model():
+    from wsss.seg.model import build_segmenter
+
+    torch.manual_seed(0)
+    return build_segmenter("toy", 2, width=4)
+
+
+def test_training_resumes_from_the_last_checkpoint_with_its_optimiser_and_schedule(tmp_path):
+    from wsss.seg.train import train_segmenter
+
+    data = _Squares()
+    full = _toy_model()
+    losses = {}
+    train_segmenter(full, data, _train_settings(), tmp_path / "full", "k",
+                    on_log=lambda i, m: losses.setdefault(i, m), progress=False)
+
+    def crash_after_six(i, m):  # like kill -9 after iteration 6: the last checkpoint is iteration 4
+        if i == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_segmenter(_toy_model(), data, _train_settings(), tmp_path / "cut", "k", on_log=crash_after_six,
+                        progress=False)
+    seen = {}
+    resumed = _toy_model()
+    stats = train_segmenter(resumed, data, _train_settings(), tmp_path / "cut", "k",
+                            on_log=lambda i, m: seen.setdefault(i, m), progress=False)
+    assert stats["resumed_from"] == 4 and min(seen) == 5  # continued, did not restart
+    for i in seen:  # the same batches, learning rates and losses as the uninterrupted run
+        assert seen[i]["lr"] == pytest.approx(losses[i]["lr"]) and seen[i]["loss"] == pytest.approx(losses[i]["loss"], rel=1e-4)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    other = {}  # a checkpoint of other inputs (another key) is not resumed
+    train_segmenter(_toy_model(), data, _train_settings(), tmp_path / "cut", "other",
+                    on_log=lambda i, m: other.setdefault(i, m), progress=False)
+    assert min(other) == 1
+
+
+def test_too_few_images_for_a_batch_is_one_clear_error(tmp_path):
+    from wsss.errors import DataError
+    from wsss.seg.train import train_segmenter
+
+    with pytest.raises(DataError, match="fewer than one batch"):
+        train_segmenter(_toy_model(), _Squares(n=3), _train_settings(), tmp_path, progress=False)
+
+
+# ---- registry gate and predict ------------------------------------------------------------------------------
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def _segmenter_file(path, seed=0):
+    from wsss.seg.infer import save_segmenter
+
+    torch.manual_seed(seed)
+    from wsss.seg.model import build_segmenter
+
+    save_segmenter(path, build_segmenter("toy", 3, width=4).eval(), "toy", 4, ["cat", "dog"])
+    return path
+
+
+def _gate(store, tmp_path, miou, seed):
+    from wsss.seg.registry import log_and_gate
+    from wsss.tracking import start_stage_run
+
+    with start_stage_run("evaluate", {}, experiment="gate", uri=store) as run:
+        return log_and_gate(run, _segmenter_file(tmp_path / f"s{seed}.pt", seed), ["cat", "dog"], miou, "seg"), run.run_id
+
+
+def test_registry_gate_moves_champion_only_to_a_better_model(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    first, _ = _gate(store, tmp_path, 0.50, 0)
+    assert first.promoted and first.champion_version is None
+    worse, run_id = _gate(store, tmp_path, 0.40, 1)
+    assert not worse.promoted and str(client.get_model_version_by_alias("seg", "champion").version) == first.version
+    run = client.get_run(run_id)
+    assert run.data.metrics["registry.candidate_miou"] == pytest.approx(0.40)
+    assert run.data.metrics["registry.champion_miou"] == pytest.approx(0.50)
+    assert "does not beat" in run.data.tags["registry.decision"]
+    better, _ = _gate(store, tmp_path, 0.60, 2)
+    assert better.promoted and str(client.get_model_version_by_alias("seg", "champion").version) == better.version
+    assert len(client.search_model_versions("name='seg'")) == 3  # every evaluated model is registered
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model("models:/seg@champion")
+    out = model.predict(np.zeros((2, 24, 32, 3), np.uint8))
+    assert out.shape == (2, 24, 32) and out.dtype == np.uint8 and out.max() <= 2
+    assert model.metadata.metadata["classes"] == ["cat", "dog"]
+
+
+def test_predict_writes_palette_pngs_and_overlays_and_stops_at_an_unreadable_image(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from wsss.cli import app
+
+    _gate(store, tmp_path, 0.5, 0)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 28, 3), dtype=np.uint8)).save(images / f"im{i}.jpg")
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(images), "--model", "models:/seg@champion", "--out",
+                                 str(tmp_path / "pred"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for i in range(2):
+        labels = Image.open(tmp_path / "pred" / f"im{i}.png")
+        assert labels.mode == "P" and labels.size == (28, 20)
+        assert Image.open(tmp_path / "pred" / f"im{i}_overlay.png").size == (28, 20)
+    direct = runner.invoke(app, ["predict", str(images / "im0.jpg"), "--model", str(tmp_path / "s0.pt"),
+                                 "--out", str(tmp_path / "direct"), "--scales", "0.75,1", "--flip"])
+    assert direct.exit_code == 0, direct.output
+    (images / "im2.jpg").write_bytes(b"not an image")
+    before = (tmp_path / "pred" / "im0.png").read_bytes()
+    from wsss.errors import DataError
+
+    bad = runner.invoke(app, ["predict", str(images), "--model", "models:/seg@champion", "--out",
+                              str(tmp_path / "pred"), "--device", "cpu"])
+    assert isinstance(bad.exception, DataError) and "im2.jpg" in str(bad.exception)
+    assert (tmp_path / "pred" / "im0.png").read_bytes() == before  # finished outputs intact
+    assert not [p for p in (tmp_path / "pred").iterdir() if p.name.startswith(".")]  # nothing half-written
+    missing = runner.invoke(app, ["predict", str(images / "im0.jpg"), "--model", "models:/nope@champion"])
+    assert "cannot load the model" in str(missing.exception)
