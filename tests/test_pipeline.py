@@ -19,6 +19,8 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "toyworld": {"num_train": 16, "num_val": 8},
+    "train": {"iterations": 6, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "width": 4},
+    "evaluate": {"scales": [0.75, 1.0], "examples": 2},
 }
 
 
@@ -131,6 +133,23 @@ def test_prompts_stage_outputs(repro):
     assert len(client.get_metric_history(run.info.run_id, "loss")) == epochs
     assert run.data.metrics["pairs"] > 0
 
+
+
+def test_segmenter_is_trained_evaluated_and_registered(repro):
+    work, env, _ = repro
+    from mlflow.tracking import MlflowClient
+
+    metrics = json.loads((work / "reports/metrics.json").read_text())
+    assert set(metrics["segmenter"]) == {"single_scale", "multi_scale"}
+    assert 0 <= metrics["segmenter"]["multi_scale"]["miou"] <= 1
+    for name in ("per_class.json", "examples.png", "multi_scale/per_class.csv", "multi_scale/confusion.png"):
+        assert (work / "reports/seg" / name).is_file(), name
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("wsss-segmenter", "champion")
+    assert float(champion.tags["val_miou"]) == pytest.approx(metrics["segmenter"]["multi_scale"]["miou"])
+    proc = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "reports/metrics.json" in proc.stdout
 
 
 def test_dvc_exp_show_compares_experiments(repro):

@@ -231,3 +231,21 @@ def test_predict_writes_palette_pngs_and_overlays_and_stops_at_an_unreadable_ima
     assert not [p for p in (tmp_path / "pred").iterdir() if p.name.startswith(".")]  # nothing half-written
     missing = runner.invoke(app, ["predict", str(images / "im0.jpg"), "--model", "models:/nope@champion"])
     assert "cannot load the model" in str(missing.exception)
+
+
+def test_clip_backbone_segmenter_handles_any_size_and_stays_frozen():
+    from test_cam_reference import tiny_clip
+    from torchvision.models.segmentation.deeplabv3 import DeepLabV3
+
+    from wsss.seg.infer import predict_probs
+    from wsss.seg.model import ClipBackbone, deeplab_head
+
+    backbone = ClipBackbone(tiny_clip().visual)
+    model = DeepLabV3(backbone, deeplab_head(backbone.out_channels, 3, (2, 4, 6), 16)).eval()
+    assert model(torch.randn(2, 3, 32, 48))["out"].shape == (2, 3, 32, 48)
+    probs = predict_probs(model, torch.randn(3, 29, 43), scales=(0.75, 1.0), flip=True)  # padded to whole patches
+    assert probs.shape == (3, 29, 43) and torch.allclose(probs.sum(0), torch.ones(29, 43), atol=1e-5)
+    model.train()
+    confidence_guided_loss(model(torch.randn(2, 3, 32, 32))["out"], torch.zeros(2, 32, 32, dtype=torch.long)).backward()
+    assert all(p.grad is None for p in backbone.parameters())  # the CLIP tower is frozen
+    assert any(p.grad is not None for p in model.classifier.parameters())

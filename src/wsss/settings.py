@@ -222,7 +222,7 @@ class TrainSettings(Section):
 
     KEY = "train"
     out: str = knob("data/train", scheduling=True)
-    arch: Literal["toy", "resnet50", "resnet101", "mobilenet_v3_large"] = knob("toy")
+    arch: Literal["toy", "clip", "resnet50", "resnet101", "mobilenet_v3_large"] = knob("clip")
     width: int = knob(16, ge=4)
     weights: str | None = knob(None)
     target: Literal["pseudo", "ground_truth"] = knob("pseudo")

@@ -24,8 +24,8 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def save_segmenter(path: str | Path, model: torch.nn.Module, arch: str, width: int, classes: list[str],
-                   meta: dict | None = None) -> None:
-    state = {"format": FORMAT, "arch": arch, "width": width, "classes": list(classes),
+                   meta: dict | None = None, clip_model: str | None = None) -> None:
+    state = {"format": FORMAT, "arch": arch, "width": width, "clip_model": clip_model, "classes": list(classes),
              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(meta or {})}
     with atomic_path(path) as tmp:
@@ -45,7 +45,8 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
         raise ConfigError(f"{path}: unreadable segmenter file ({type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a segmenter file of this version (expected format {FORMAT})")
-    model = build_segmenter(state["arch"], len(state["classes"]) + 1, width=state["width"])
+    model = build_segmenter(state["arch"], len(state["classes"]) + 1, width=state["width"],
+                            clip_model=state.get("clip_model"))
     model.load_state_dict(state["state_dict"])
     info = {k: v for k, v in state.items() if k != "state_dict"}
     return model.to(device).eval(), info
@@ -64,14 +65,18 @@ def predict_probs(model: torch.nn.Module, x: torch.Tensor, scales: Sequence[floa
     h, w = x.shape[-2:]
     device = next(model.parameters()).device
     x = x.to(device)[None]
+    multiple = getattr(getattr(model, "backbone", None), "patch_size", 1)  # a ViT backbone needs whole patches
     total = None
     for s in scales:
         xs = x if s == 1 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        sh, sw = xs.shape[-2:]
+        xs = F.pad(xs, (0, -sw % multiple, 0, -sh % multiple))
         views = [xs, xs.flip(-1)] if flip else [xs]
         for i, v in enumerate(views):
             logits = model(v)["out"]
             if i == 1:
                 logits = logits.flip(-1)
+            logits = logits[..., :sh, :sw]
             p = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False).softmax(1)[0]
             total = p if total is None else total + p
     return total / (len(scales) * (2 if flip else 1))

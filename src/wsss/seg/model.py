@@ -14,7 +14,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 
 from wsss.errors import ConfigError
 
-ARCHITECTURES = ("toy", "resnet50", "resnet101", "mobilenet_v3_large")
+ARCHITECTURES = ("toy", "clip", "resnet50", "resnet101", "mobilenet_v3_large")
 
 
 def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -38,17 +38,81 @@ class ToyBackbone(nn.Module):
         return {"out": self.body(x)}
 
 
+class ClipBackbone(nn.Module):
+    """An open_clip ViT image tower as a dense backbone: its patch tokens after `ln_post` as a
+    [B, D, h, w] map (output stride = the patch size), the positional embedding resized to each input's
+    grid. For the toy world it is what ImageNet weights are for real data: a backbone that already knows
+    the images, here from the project's own CLIP."""
+
+    def __init__(self, visual: nn.Module, trainable: bool = False):
+        super().__init__()
+        from wsss.clip.dense import _pair
+
+        self.visual, self.trainable = visual, trainable
+        for p in visual.parameters():
+            p.requires_grad_(trainable)
+        self.patch_size = _pair(visual.patch_size)[0]
+        self.src_grid = _pair(visual.grid_size)
+        self.out_channels = visual.transformer.width
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.trainable:  # a frozen tower: features without a backward through it (CPU-cheap)
+            with torch.no_grad():
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from wsss.clip.dense import embed_tokens, interpolate_pos_embed
+
+        v = self.visual
+        tokens = embed_tokens(v, x, lambda h, w: interpolate_pos_embed(v.positional_embedding, self.src_grid, (h, w)))
+        for block in v.transformer.resblocks:
+            tokens = block(tokens)
+        tokens = v.ln_post(tokens[:, 1:])
+        b, n, d = tokens.shape
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        return {"out": tokens.transpose(1, 2).reshape(b, d, h, w)}
+
+
+def clip_tower(model_name: str, weights: str | None) -> nn.Module:
+    """The image tower of an open_clip model in fp32, trainable; weights from a local checkpoint or tag
+    (None: the architecture only, for loading a saved segmenter)."""
+    from wsss.clip.model import load_clip, register_configs
+
+    if weights:
+        model, _ = load_clip(model_name, weights, device="cpu", precision="fp32")
+    else:
+        import logging
+
+        import open_clip
+
+        register_configs()
+        logging.getLogger().disabled = True  # open_clip warns that no weights were loaded: they come next
+        try:
+            model = open_clip.create_model(model_name, pretrained=None)
+        finally:
+            logging.getLogger().disabled = False
+    return model.visual.float()
+
+
 def deeplab_head(in_channels: int, num_classes: int, rates: tuple[int, ...], channels: int) -> nn.Sequential:
     """torchvision's DeepLabHead (ASPP → 3×3 conv → 1×1 classifier) at a chosen width (it fixes 256)."""
     return nn.Sequential(ASPP(in_channels, list(rates), channels), nn.Conv2d(channels, channels, 3, padding=1, bias=False),
                          nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, num_classes, 1))
 
 
-def build_segmenter(arch: str, num_classes: int, weights: str | None = None, width: int = 16) -> DeepLabV3:
-    """A DeepLab-V3 with `num_classes` outputs (background included); `weights`: a local state dict."""
+def build_segmenter(arch: str, num_classes: int, weights: str | None = None, width: int = 16,
+                    clip_model: str | None = None) -> DeepLabV3:
+    """A DeepLab-V3 with `num_classes` outputs (background included); `weights`: a local state dict
+    (for `clip`: the CLIP checkpoint of `clip_model` whose image tower becomes the backbone)."""
     if arch == "toy":
         backbone = ToyBackbone(width)
         model = DeepLabV3(backbone, deeplab_head(backbone.out_channels, num_classes, (2, 4, 6), 2 * width))
+    elif arch == "clip":
+        if not clip_model:
+            raise ConfigError("train.arch clip needs the CLIP model name (clip.model)")
+        backbone = ClipBackbone(clip_tower(clip_model, weights), trainable=False)
+        return DeepLabV3(backbone, deeplab_head(backbone.out_channels, num_classes, (2, 4, 6), 4 * width))
     elif arch in ARCHITECTURES:
         from torchvision.models import segmentation
 

@@ -50,8 +50,10 @@ def segmenter_key(settings: Settings, ds) -> str:
             key = hashlib.sha1((ds.root / row.mask).read_bytes()).hexdigest()
         labels.append((row.id, key))
     cfg = settings.train
+    weights = cfg.weights or (settings.clip.pretrained if cfg.arch == "clip" else None)
     return fingerprint({"train": cfg.work_settings(), "labels": labels, "classes": ds.vocab.names,
-                        "weights": weights_id(cfg.weights) if cfg.weights else None})
+                        "weights": weights_id(weights) if weights else None,
+                        "clip": settings.clip.model if cfg.arch == "clip" else None})
 
 
 def current_key(settings: Settings) -> str | None:
@@ -96,13 +98,15 @@ def train_from_settings(settings: Settings, on_log: Callable | None = None, on_c
     ds = training_split(settings)
     key = segmenter_key(settings, ds)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_segmenter(cfg.arch, ds.vocab.num_classes + 1, cfg.weights, cfg.width)
+    clip_model = settings.clip.model if cfg.arch == "clip" else None
+    weights = cfg.weights or (settings.clip.pretrained if cfg.arch == "clip" else None)
+    model = build_segmenter(cfg.arch, ds.vocab.num_classes + 1, weights, cfg.width, clip_model)
     transform = partial(_transform, crop=cfg.crop, scale=tuple(cfg.scale), fn=train_transform)
     pairs = SegmentationPairs(ds, label_dir(settings), transform, cfg.seed)
     stats = train_segmenter(model, pairs, cfg, cfg.out, key, on_log, on_checkpoint, progress)
     if World.from_env().main:
         save_segmenter(Path(cfg.out) / SEGMENTER_FILE, model, cfg.arch, cfg.width, list(ds.vocab.names),
-                       {"key": key, "iterations": stats["iterations"], "target": cfg.target})
+                       {"key": key, "iterations": stats["iterations"], "target": cfg.target}, clip_model)
         write_json(Path(cfg.out) / KEY_FILE, {"key": key, "target": cfg.target, "classes": list(ds.vocab.names)})
     return {**stats, "images": len(ds)}
 

@@ -1,0 +1,68 @@
+"""`torchrun` with 2 CPU processes (gloo) through the stage's own entry point: rank 0 runs the Prefect flow
+and MLflow run, rank 1 only trains; the checkpoint it writes is what `evaluate` scores and registers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    from wsss.data.manifest import write_dataset
+    from wsss.data.readers import read_dataset_source
+    from wsss.toyworld import generate_toyworld
+
+    root = tmp_path_factory.mktemp("ddp")
+    generate_toyworld(root / "world", num_train=8, num_val=4, workers=1, progress=False)
+    write_dataset(read_dataset_source(root / "world", format="voc"), root / "prepared")
+    params = {"data": {"root": "world", "prepared": "prepared"}, "tracking": {"experiment": "ddp"},
+              "train": {"out": "train", "arch": "toy", "target": "ground_truth", "width": 4, "iterations": 4, "batch_size": 2,
+                        "checkpoint_every": 2, "log_every": 1, "device": "cpu"},
+              "evaluate": {"out": "seg", "scales": [1.0], "flip": False, "examples": 2, "registered_model": "ddp"}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    return root
+
+
+def _env(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "WSSS_PARAMS", "DVC_ROOT")}
+    return {**env, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            "OMP_NUM_THREADS": "1"}
+
+
+def test_torchrun_two_processes_then_evaluate_reads_the_checkpoint(project):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "stages.train"],
+                          cwd=project, env=_env(project), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = __import__("torch").load(project / "train/checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 4 and (project / "train/segmenter.pt").is_file()
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ddp")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`dvc.stage` = 'train'")
+    assert len(runs) == 1  # one MLflow run for the two processes (rank 0's)
+    assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 4
+    assert runs[0].data.metrics["images_per_second"] > 0
+
+    proc = subprocess.run([sys.executable, "-m", "stages.evaluate"], cwd=project, env=_env(project),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert 0 <= metrics["segmenter"]["multi_scale"]["miou"] <= 1
+    assert (project / "seg/examples.png").is_file() and (project / "seg/single_scale/confusion.json").is_file()
+    assert client.get_model_version_by_alias("ddp", "champion").version in (1, "1")
+    again = subprocess.run([sys.executable, "-m", "stages.train"], cwd=project, env=_env(project),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "train: nothing to do" in again.stdout
