@@ -34,6 +34,8 @@ from wsss.settings import load_settings  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="train.KEY=VALUE (YAML value)")
+    ap.add_argument("--targets", nargs="+", default=["pseudo", "ground_truth"], choices=["pseudo", "ground_truth"],
+                    help="which segmenters to train (the pipeline's own reports/metrics.json holds the pseudo one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
@@ -44,7 +46,7 @@ def main() -> None:
     val = read_dataset(REPO / settings.data.prepared).split(settings.evaluate.split)
     rows = {"pseudo masks (CLIP-ES + learned prompts + CRF)": {"train": pseudo["train"]["miou"],
                                                                "val": pseudo["val"]["miou"]}}
-    for target in ("pseudo", "ground_truth"):
+    for target in args.targets:
         with tempfile.TemporaryDirectory() as tmp:
             s = replace(settings, train=replace(settings.train, out=tmp, target=target, checkpoint_every=10 ** 9,
                                                 **overrides))

@@ -28,8 +28,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from wsss.seg.data import SegmentationPairs  # noqa: E402
 from wsss.seg.loss import confidence_guided_loss  # noqa: E402
-from wsss.seg.model import build_segmenter  # noqa: E402
-from wsss.seg.run import _transform, label_dir, training_split  # noqa: E402
+from wsss.seg.run import _transform, label_dir, new_segmenter, training_split  # noqa: E402
 from wsss.seg.train import EpochSampler, train_segmenter  # noqa: E402
 from wsss.seg.transforms import train_transform  # noqa: E402
 from wsss.settings import load_settings  # noqa: E402
@@ -63,10 +62,10 @@ def main() -> None:
                     break
         loader_s = (time.perf_counter() - t0) / n
         print(f"| (a) loader alone | {workers} | {cfg.batch_size / loader_s:.0f} | {loader_s:.4f} |")
-    model = build_segmenter(cfg.arch, ds.vocab.num_classes + 1, width=cfg.width).to(device).train()
+    model = new_segmenter(settings, ds.vocab.num_classes).to(device).train()
     x, y = next(iter(torch.utils.data.DataLoader(pairs, batch_size=cfg.batch_size)))
     x, y = x.to(device), y.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=cfg.momentum)
     for i in range(args.iterations + 5):
         if i == 5:
             if device.type == "cuda":
@@ -82,7 +81,7 @@ def main() -> None:
     print(f"| (b) training step alone | – | {cfg.batch_size / step_s:.0f} | {step_s:.4f} |")
     for workers in args.workers or [cfg.workers]:
         with tempfile.TemporaryDirectory() as tmp:
-            model = build_segmenter(cfg.arch, ds.vocab.num_classes + 1, width=cfg.width)
+            model = new_segmenter(settings, ds.vocab.num_classes)
             stats = train_segmenter(model, pairs, replace(cfg, workers=workers), tmp, progress=False)
         per_it = stats["seconds"] / stats["iterations"]
         print(f"| (c) full loop | {workers} | {stats['images_per_second']:.0f} | {per_it:.4f} "

@@ -6,10 +6,13 @@ error: a prompt embedding means nothing outside the text tower that produced it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsss.errors import ConfigError
 from wsss.io import atomic_path, write_json
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "wsss-prompts/1"
 PROMPTS_FILE = "prompts.pt"

@@ -89,7 +89,6 @@ def train_from_settings(settings: Settings, on_log: Callable | None = None, on_c
     from wsss.io import write_json
     from wsss.seg.data import SegmentationPairs
     from wsss.seg.infer import save_segmenter
-    from wsss.seg.model import build_segmenter
     from wsss.seg.train import World, train_segmenter
     from wsss.seg.transforms import train_transform
 
@@ -98,17 +97,27 @@ def train_from_settings(settings: Settings, on_log: Callable | None = None, on_c
     ds = training_split(settings)
     key = segmenter_key(settings, ds)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    clip_model = settings.clip.model if cfg.arch == "clip" else None
-    weights = cfg.weights or (settings.clip.pretrained if cfg.arch == "clip" else None)
-    model = build_segmenter(cfg.arch, ds.vocab.num_classes + 1, weights, cfg.width, clip_model)
+    model = new_segmenter(settings, ds.vocab.num_classes)
     transform = partial(_transform, crop=cfg.crop, scale=tuple(cfg.scale), fn=train_transform)
     pairs = SegmentationPairs(ds, label_dir(settings), transform, cfg.seed)
     stats = train_segmenter(model, pairs, cfg, cfg.out, key, on_log, on_checkpoint, progress)
     if World.from_env().main:
         save_segmenter(Path(cfg.out) / SEGMENTER_FILE, model, cfg.arch, cfg.width, list(ds.vocab.names),
-                       {"key": key, "iterations": stats["iterations"], "target": cfg.target}, clip_model)
+                       {"key": key, "iterations": stats["iterations"], "target": cfg.target},
+                       settings.clip.model if cfg.arch == "clip" else None)
         write_json(Path(cfg.out) / KEY_FILE, {"key": key, "target": cfg.target, "classes": list(ds.vocab.names)})
     return {**stats, "images": len(ds)}
+
+
+def new_segmenter(settings: Settings, num_classes: int):
+    """The untrained segmenter the settings describe (C classes + background); `clip` takes the image
+    tower of `clip.model` with `train.weights` or else `clip.pretrained`."""
+    from wsss.seg.model import build_segmenter
+
+    cfg = settings.train
+    clip_model = settings.clip.model if cfg.arch == "clip" else None
+    weights = cfg.weights or (settings.clip.pretrained if cfg.arch == "clip" else None)
+    return build_segmenter(cfg.arch, num_classes + 1, weights, cfg.width, clip_model)
 
 
 def _transform(image, mask, g, *, crop, scale, fn):
