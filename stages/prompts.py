@@ -13,12 +13,15 @@ from pathlib import Path
 from stages.common import main, stage
 
 REPORT = Path("reports/prompts")
+REPORT_FILES = ("prompts.md", "prompts.json", "loss.png")
 
 
 def has_work(settings) -> bool:
-    """The prompts file is missing or was learned from other inputs or settings."""
+    """The prompts file or its report is missing, or the prompts were learned from other inputs or settings."""
     from wsss.prompts.run import current_key, prompts_key, training_split
 
+    if not all((REPORT / name).is_file() for name in REPORT_FILES):
+        return True
     return current_key(settings) != prompts_key(settings, training_split(settings))
 
 
@@ -39,7 +42,7 @@ def prompts(settings, run) -> dict:
     write_text(REPORT / "prompts.md", markdown)
     write_json(REPORT / "prompts.json", result.described)
     loss_curves(result.history, REPORT / "loss.png")
-    for name in ("prompts.md", "prompts.json", "loss.png"):
+    for name in REPORT_FILES:
         run.log_artifact(REPORT / name, "prompts")
     epochs_run = settings.prompts.epochs
     metrics = {"images": result.images, "pairs": result.pairs, "final_loss": result.history[-1]["loss"],
