@@ -89,14 +89,15 @@ def test_rerun_is_a_noop(repro):
     assert "Data and pipelines are up to date" in proc.stdout, proc.stdout
 
 
-def test_forced_stage_with_nothing_to_do_keeps_its_outputs(repro):
+@pytest.mark.parametrize("stage", ["cams", "prompts", "train"])
+def test_forced_stage_with_nothing_to_do_keeps_its_outputs(repro, stage):
     """DVC reruns a stage when only a scheduling setting changed (or with -f): nothing to compute, and
     every declared output is still there for DVC to record."""
     work, env, _ = repro
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", "cams"], cwd=work, env=env,
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "-f", "-s", stage], cwd=work, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "cams: nothing to do" in proc.stdout + proc.stderr
+    assert f"{stage}: nothing to do" in proc.stdout + proc.stderr
 
 
 def test_pseudo_mask_reports(repro):

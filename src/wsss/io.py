@@ -80,3 +80,22 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Compressed npz, atomically (np.savez_compressed appends .npz to names without it, so use a handle)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
+
+
+def load_versioned(path: str | os.PathLike, fmt: str, what: str, missing_hint: str) -> dict:
+    """A dict saved with `torch.save` whose "format" is `fmt`, loaded with `weights_only=True`; a missing,
+    unreadable or foreign file is one `ConfigError` line naming it (`what`: "segmenter file", ...)."""
+    import torch
+
+    from wsss.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found ({missing_hint})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{path}: unreadable {what} ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise ConfigError(f"{path}: not a {what} of this version (expected format {fmt})")
+    return state

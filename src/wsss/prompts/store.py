@@ -58,19 +58,10 @@ def stored_prompts_key(path: str | Path) -> str | None:
 
 
 def read_prompts(path: str | Path) -> dict:
-    import torch
+    from wsss.io import load_versioned
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: learned prompts not found (run `dvc repro prompts`, or set "
-                          "text.background_prompts: words)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"{path}: unreadable prompts file ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a learned-prompts file of this version (expected format {FORMAT})")
-    return state
+    return load_versioned(path, FORMAT, "learned-prompts file",
+                          "run `dvc repro prompts`, or set text.background_prompts: words")
 
 
 def load_prompts(path: str | Path, identity: dict[str, str], class_names: list[str]):

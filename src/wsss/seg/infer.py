@@ -34,17 +34,10 @@ def save_segmenter(path: str | Path, model: torch.nn.Module, arch: str, width: i
 
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on `device`, info without the weights); one-line errors for a bad file."""
+    from wsss.io import load_versioned
     from wsss.seg.model import build_segmenter
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: segmenter file not found (run `dvc repro train`)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"{path}: unreadable segmenter file ({type(e).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a segmenter file of this version (expected format {FORMAT})")
+    state = load_versioned(path, FORMAT, "segmenter file", "run `dvc repro train`")
     model = build_segmenter(state["arch"], len(state["classes"]) + 1, width=state["width"],
                             clip_model=state.get("clip_model"))
     model.load_state_dict(state["state_dict"])
