@@ -99,3 +99,22 @@ def load_versioned(path: str | os.PathLike, fmt: str, what: str, missing_hint: s
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise ConfigError(f"{path}: not a {what} of this version (expected format {fmt})")
     return state
+
+
+def load_keyed(path: str | os.PathLike, key: str, stage: str, start: str) -> dict | None:
+    """A checkpoint (`torch.save`d dict, loaded `weights_only`) to resume from: None when it is missing,
+    unreadable or was written for other inputs (its "key" differs); the two last say why, naming `start`."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # damaged, or from another version
+        print(f"{stage}: {path} unreadable, starting from {start}")
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        print(f"{stage}: {path} was written for other inputs or settings, starting from {start}")
+        return None
+    return state

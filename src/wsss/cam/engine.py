@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from wsss.amp import amp_dtype
 from wsss.cam.caa import attention_affinity, box_masks, caa_refine
 from wsss.cam.gradcam import softmax_gradcam
 from wsss.clip.dense import DenseViT, image_mean_std, preprocess
 from wsss.settings import CamsSettings
 
-AMP_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -71,7 +71,7 @@ class CamEngine:
         self.logit_scale = float(model.logit_scale.detach().float().exp())
         self.mean, self.std = image_mean_std(model.visual)
         self.patch_size = self.dense.patch_size
-        self.amp = AMP_DTYPES[self.config.amp] if self.device.type == "cuda" else None
+        self.amp = amp_dtype(self.device, self.config.amp)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return preprocess(image, self.patch_size, self.mean, self.std)

@@ -87,3 +87,12 @@ def read_dataset(prepared_dir: str | Path) -> Dataset:
     table["labels"] = table["labels"].map(lambda s: tuple(int(x) for x in s.split()) if s else ())
     return Dataset(table, Vocabulary.load(prepared_dir / "classes.json"), (prepared_dir / meta["root"]).resolve(),
                    meta.get("name", "dataset"))
+
+
+def read_split(prepared: str | Path, split: str, setting: str) -> Dataset:
+    """Split `split` of the prepared dataset; a split it lacks is one line naming the setting that asked."""
+    ds = read_dataset(prepared)
+    if split not in set(ds.table["split"]):
+        raise DataError(f"{setting}: no split {split!r} in {prepared} "
+                        f"(it has {', '.join(sorted(set(ds.table['split'])))})")
+    return ds.split(split)

@@ -19,13 +19,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 def training_split(settings: Settings):
     """The images the prompts learn from: split `prompts.split` of the prepared dataset (labels only)."""
-    from wsss.data.manifest import read_dataset
+    from wsss.data.manifest import read_split
 
-    ds = read_dataset(settings.data.prepared)
-    if settings.prompts.split not in set(ds.table["split"]):
-        raise DataError(f"prompts.split: no split {settings.prompts.split!r} in {settings.data.prepared} "
-                        f"(it has {', '.join(sorted(set(ds.table['split'])))})")
-    return ds.split(settings.prompts.split)
+    return read_split(settings.data.prepared, settings.prompts.split, "prompts.split")
 
 
 def feature_key(settings: Settings, ds) -> str:

@@ -12,7 +12,6 @@ uninterrupted one would.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,15 +22,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wsss import interrupt
+from wsss.amp import autocast
 from wsss.cam.store import cam_path, load_cam
 from wsss.data.images import load_rgb
-from wsss.io import atomic_path
+from wsss.io import atomic_path, load_keyed
 from wsss.progress import WarmProgress
 from wsss.prompts.learner import PromptLearner
 from wsss.prompts.loss import PromptLossWeights, prompt_loss
 from wsss.settings import PromptsSettings
 
-AMP_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CROP_BATCH = 64  # crops per image-encoder forward
 
 
@@ -53,12 +52,6 @@ def teacher_mask(record, j: int, source: str, threshold: float | None) -> np.nda
     """Class j's soft foreground map M in [0, 1] from a CAM record (binarised at `threshold` if given)."""
     m = np.asarray(getattr(record, source)[j], np.float32).clip(0, 1)
     return (m > threshold).astype(np.float32) if threshold is not None else m
-
-
-def autocast(device: torch.device, amp: str | None):
-    """Autocast on GPU with the given dtype; CPU always runs fp32."""
-    dtype = AMP_DTYPES[amp] if device.type == "cuda" else None
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def crop_features(ds, teacher_dir: str | Path, model, cfg: PromptsSettings, key: str = "",
@@ -113,18 +106,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-def load_checkpoint(path: Path, key: str) -> dict | None:
-    """The last epoch's state when it was written for the same inputs and settings, else None."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a checkpoint from another version or a damaged file: start over, say so
-        print(f"prompts: {path} unreadable, starting from epoch 0")
-        return None
-    return state if state.get("key") == key else None
-
-
 def train_prompts(learner: PromptLearner, feats: CropFeatures, class_text: torch.Tensor, cfg: PromptsSettings,
                   logit_scale: float, checkpoint: str | Path | None = None, key: str = "",
                   on_epoch: Callable[[int, dict], None] | None = None, progress: bool = True) -> list[dict]:
@@ -135,7 +116,7 @@ def train_prompts(learner: PromptLearner, feats: CropFeatures, class_text: torch
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp == "fp16")
     history: list[dict] = []
     checkpoint = Path(checkpoint) if checkpoint else None
-    state = load_checkpoint(checkpoint, key) if checkpoint else None
+    state = load_keyed(checkpoint, key, "prompts", "epoch 0") if checkpoint else None
     if state is not None:
         with torch.no_grad():
             learner.ctx.copy_(state["ctx"].to(device))

@@ -47,8 +47,9 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 def normalize(image: np.ndarray, info: dict) -> torch.Tensor:
     """H×W×3 uint8 → [3, H, W] float normalised as in training."""
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div(255)
-    return (x - torch.tensor(info["mean"]).view(3, 1, 1)) / torch.tensor(info["std"]).view(3, 1, 1)
+    from wsss.seg.transforms import normalize as normalize_tensor
+
+    return normalize_tensor(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), info["mean"], info["std"])
 
 
 @torch.no_grad()

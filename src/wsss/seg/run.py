@@ -18,12 +18,9 @@ KEY_FILE = "segmenter.json"  # beside segmenter.pt: its inputs' key, readable wi
 
 
 def training_split(settings: Settings):
-    from wsss.data.manifest import read_dataset
+    from wsss.data.manifest import read_split
 
-    ds = read_dataset(settings.data.prepared)
-    if settings.train.split not in set(ds.table["split"]):
-        raise DataError(f"train.split: no split {settings.train.split!r} in {settings.data.prepared}")
-    return ds.split(settings.train.split)
+    return read_split(settings.data.prepared, settings.train.split, "train.split")
 
 
 def label_dir(settings: Settings) -> str | None:

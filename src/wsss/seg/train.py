@@ -21,11 +21,11 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from wsss import interrupt
-from wsss.io import atomic_path
+from wsss.amp import amp_dtype
+from wsss.io import atomic_path, load_keyed
 from wsss.seg.loss import confidence_guided_loss
 from wsss.settings import TrainSettings
 
-AMP_DTYPES = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
@@ -77,23 +77,10 @@ def poly(total: int, power: float) -> Callable[[int], float]:
 
 
 def pick_device(spec: str, world: World) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(spec)
+    """`auto`: this rank's GPU (cuda:LOCAL_RANK) when there is one, else the CPU."""
+    from wsss.cam.factory import pick_device as pick
 
-
-def load_checkpoint(path: Path, key: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        print(f"train: {path} unreadable, starting from iteration 0")
-        return None
-    if state.get("key") != key:
-        print(f"train: {path} was written for other inputs or settings, starting from iteration 0")
-        return None
-    return state
+    return torch.device(pick(spec, world.local_rank))
 
 
 def train_segmenter(model: torch.nn.Module, train_set, cfg: TrainSettings, out_dir: str | Path, key: str = "",
@@ -122,11 +109,11 @@ def train_segmenter(model: torch.nn.Module, train_set, cfg: TrainSettings, out_d
                         generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG (dropout's)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, poly(cfg.iterations, cfg.poly_power))
-    amp = AMP_DTYPES[cfg.amp] if device.type == "cuda" else None
+    amp = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     checkpoint = Path(out_dir) / CHECKPOINT_FILE
     iteration = 0
-    state = load_checkpoint(checkpoint, key)
+    state = load_keyed(checkpoint, key, "train", "iteration 0")
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
