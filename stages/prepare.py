@@ -13,9 +13,11 @@ from stages.common import main, stage
 
 @stage("prepare", ["data", "validation"], imports=("great_expectations", "wsss.validation", "wsss.data.readers"))
 def prepare(settings, run) -> dict:
-    """Read → validate (Great Expectations) → write the manifest, refusing a failing drop."""
+    """Read (the base dataset and its accepted drops) → validate (Great Expectations) → write the manifest,
+    refusing a failing drop."""
     from prefect import task
 
+    from wsss.data.drops import read_with_drops
     from wsss.data.manifest import write_dataset
     from wsss.data.readers import read_dataset_source
     from wsss.errors import DataError
@@ -23,8 +25,14 @@ def prepare(settings, run) -> dict:
     from wsss.validation import validate_dataset
 
     data, rules = settings.data, settings.validation
-    ds = task(read_dataset_source, name="read")(data.root, format=data.format, classes=data.classes,
-                                                splits=data.splits, labels=data.labels)
+
+    def read_one(path, fmt, vocab):  # the base with its settings; a drop in its own format, the base classes
+        if fmt is None:
+            return read_dataset_source(path, format=data.format, classes=data.classes, splits=data.splits,
+                                       labels=data.labels)
+        return read_dataset_source(path, format=fmt, classes=vocab)
+
+    ds = task(read_with_drops, name="read")(data.root, data.drops, read_one, data.splits)
     print(f"prepare: read {len(ds)} images, {ds.vocab.num_classes} classes from {data.root}; validating, then "
           f"writing {data.prepared} only if the drop passes")
     report_dir = Path(rules.report_dir)

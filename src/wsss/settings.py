@@ -85,6 +85,8 @@ class DataSettings(Section):
     labels: str | None = knob(None)
     splits: tuple[str, ...] = knob(("train", "val"), check=bool, expect="a non-empty list of split names")
     prepared: str = knob("data/prepared", scheduling=True)
+    drops: str | None = knob("drops", check=lambda v: v is None or (v and ".." not in v.split("/")),
+                             expect="a sub-folder name of data.root, or null")
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,22 @@ class TrainSettings(Section):
 
 
 @dataclass(frozen=True)
+class OpsSettings(Section):
+    """Operations (flows/retrain.py, `wsss serve`): where drops arrive and how retraining runs."""
+
+    KEY = "ops"
+    drops: str | None = knob(None, check=lambda v: v is None or bool(v), expect="s3://bucket/prefix, a folder or null")
+    endpoint_url: str | None = knob(None)
+    drop_format: Literal["voc", "coco", "custom", "auto"] = knob("auto")
+    retries: int = knob(4, ge=1)
+    schedule: str = knob("0 3 * * 1", check=lambda v: len(v.split()) == 5, expect="a 5-field cron expression")
+    timezone: str = knob("UTC")
+    pull: bool = knob(True)
+    push: bool = knob(True)
+    commit: bool = knob(True)
+
+
+@dataclass(frozen=True)
 class EvaluateSettings(Section):
     KEY = "evaluate"
     out: str = knob("reports/seg", scheduling=True)
@@ -273,6 +291,7 @@ class Settings:
     evaluate_masks: EvaluateMasksSettings = field(default_factory=EvaluateMasksSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    ops: OpsSettings = field(default_factory=OpsSettings)
 
     def sections(self, names) -> dict[str, dict[str, Any]]:
         """{name: section as a plain dict} for the given section names (what a stage logs)."""

@@ -139,7 +139,7 @@ def _class_balance(ds: Dataset, reference: Dataset | None) -> dict:
 
 def validate_dataset(ds: Dataset, out_dir: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                      min_side: int = DEFAULT_MIN_SIDE, context_root: str | Path | None = None,
-                     reference: Dataset | None = None, workers: int = 4) -> ValidationResult:
+                     reference: Dataset | None = None, known_content=None, workers: int = 4) -> ValidationResult:
     """Validate a dataset drop; write `out_dir/summary.json`, `out_dir/images.csv` and GX Data Docs.
 
     Data Docs: `<context_root>/uncommitted/data_docs/local_site/index.html`, where `context_root` (a GX
@@ -147,7 +147,8 @@ def validate_dataset(ds: Dataset, out_dir: str | Path, *, max_pixels: int | None
     a given `context_root` is kept and accumulates validation history. Non-RGB modes (L, P, CMYK, RGBA,
     ...) that convert safely are reported in the summary (`modes`, `warnings`), not failed.
     `reference` (the current dataset) adds class frequencies to the summary for comparison;
-    `workers` threads decode and hash images."""
+    `known_content` (SHA-256 digests of the images a dataset already has) fails drop images that repeat
+    one; `workers` threads decode and hash images."""
     out_dir = Path(out_dir).resolve()
     root = Path(ds.root).resolve()
     if out_dir == root or root in out_dir.parents:
@@ -156,6 +157,7 @@ def validate_dataset(ds: Dataset, out_dir: str | Path, *, max_pixels: int | None
     all_checks = checks(min_side)
     by_key = {c.key: c for c in all_checks}
     table = image_table(ds, max_pixels=max_pixels, workers=workers)
+    table["new_content"] = ~table["sha256"].isin(set(known_content or ()))
     with atomic_path(out_dir / "images.csv") as tmp:
         table.to_csv(tmp, index=False)
 

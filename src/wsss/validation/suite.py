@@ -54,6 +54,8 @@ def checks(min_side: int) -> list[Check]:
         Check("min_side", f"image is at least {min_side} px on each side", "min_side", "min",
               lambda r, t: _size(r["decoded_width"], r["decoded_height"]), min_side),
         Check("unique_content", "no duplicate image content", "sha256", "unique", _same_content),
+        Check("new_content", "image is not already in the dataset", "new_content", "in_set",
+              lambda r, t: f"{r['image']}: same bytes as an image the dataset has", True),
         Check("labels_nonempty", "label set is not empty", "num_labels", "min", lambda r, t: r["image"], 1),
         Check("labels_in_vocab", "labels are in the vocabulary", "labels_in_vocab", "in_set",
               lambda r, t: f"unknown: {r['unknown_labels_text']}", True),

@@ -1,0 +1,200 @@
+"""Prefect flow `retrain`: the weekly job of a team, strictly in sequence in one DVC workspace.
+
+    fetch data (`dvc pull`) → ingest new drops (validate; merge + `dvc add` + `dvc push`, or quarantine)
+    → `dvc exp run -n <flow run>` (the whole pipeline; `evaluate` registers the model and moves the
+    `champion` alias only through the registry gate) → `dvc push` → report the gate's decision.
+
+Never two at once: the deployment has a concurrency limit of 1 (a second trigger waits in the queue), and
+the workspace is locked (a run started beside it by other means is skipped, not run). Every step is a
+task in the Prefect UI; every child (dvc, its stages) streams its output into the flow's log.
+
+Run once:    python -m flows.retrain [--drops s3://bucket/prefix] [--set train.iterations=2000]
+Serve:       wsss serve   (a deployment on ops.schedule; change the schedule in the Prefect UI)
+Work pool:   prefect.yaml at the project root (`prefect deploy --all`; README: Operations)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.states import Cancelled, Failed
+
+from wsss.errors import WsssError
+from wsss.ops import commands
+from wsss.settings import Settings, load_settings, project_root
+
+DEPLOYMENT = "scheduled"
+LOCK = Path(".wsss/retrain.lock")
+
+
+@contextlib.contextmanager
+def workspace_lock(project: Path):
+    """Hold the workspace's retrain lock; yields False (without waiting) when another run holds it."""
+    path = project / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _log(line: str) -> None:
+    get_run_logger().info(line)
+
+
+def _child_env() -> dict:
+    """The stages `dvc` starts report to this flow's Prefect API (the UI shows them beside it)."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ)
+    if PREFECT_API_URL.value():
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    return env
+
+
+@task(name="fetch data")
+def fetch_data(project: Path, settings: Settings) -> str:
+    if not settings.ops.pull:
+        return "skipped (ops.pull false)"
+    remote = commands.default_remote(project)
+    if remote is None:
+        return "no DVC remote: using the workspace's data"
+    commands.dvc("pull", "--allow-missing", cwd=project, log=_log)
+    return f"pulled from remote {remote}"
+
+
+@task(name="ingest drops")
+def ingest_drops(project: Path, settings: Settings, drops: str | None) -> list[dict]:
+    from wsss.ops.drops import open_area
+    from wsss.ops.ingest import ingest
+
+    spec = drops or settings.ops.drops or os.environ.get("WSSS_DROPS")
+    if not spec:
+        _log("no drop area (ops.drops / $WSSS_DROPS): nothing to ingest")
+        return []
+    area = open_area(spec, endpoint_url=settings.ops.endpoint_url, attempts=settings.ops.retries)
+    return [vars(o) for o in ingest(area, settings, project, log=_log)]
+
+
+@task(name="experiment")
+def experiment(project: Path, name: str, set_params: list[str]) -> dict:
+    """`dvc exp run` of the whole pipeline, named after the flow run; returns the new metrics."""
+    import json
+
+    args = [a for p in set_params for a in ("-S", p)]
+    commands.dvc("exp", "run", "-n", name, *args, cwd=project, what=f"dvc exp run {name}", log=_log, env=_child_env())
+    metrics = project / "reports" / "metrics.json"
+    return json.loads(metrics.read_text()) if metrics.is_file() else {}
+
+
+@task(name="push")
+def push(project: Path, settings: Settings) -> str:
+    if not settings.ops.push:
+        return "skipped (ops.push false)"
+    if commands.default_remote(project) is None:
+        return "no DVC remote: nothing pushed"
+    commands.dvc("push", cwd=project, log=_log)
+    return "pushed"
+
+
+@task(name="registry gate")
+def gate_report(settings: Settings, since_ms: int) -> str:
+    """What the `evaluate` stage's registry gate decided in this run (it runs inside the experiment)."""
+    from wsss.seg.registry import current_champion
+    from wsss.tracking.runs import open_store
+
+    client = open_store(settings.tracking.uri)
+    name = settings.evaluate.registered_model
+    exp = client.get_experiment_by_name(settings.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {since_ms} and "
+                              "tags.`dvc.stage` = 'evaluate'", order_by=["attributes.start_time DESC"],
+                              max_results=1) if exp else []
+    version, miou = current_champion(client, name)
+    champion = f"{name}@champion = version {version} (val mIoU {miou:.4f})" if version else f"{name}: no champion yet"
+    if not runs or "registry.decision" not in runs[0].data.tags:
+        return f"no new model evaluated in this run (nothing changed); {champion}"
+    return f"{runs[0].data.tags['registry.decision']}; {champion}"
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(drops: str | None = None, set_params: list[str] | None = None):
+    """Pull → ingest drops → `dvc exp run` → push → registry gate, in the workspace (the worker's working_dir)."""
+    from prefect.runtime import flow_run
+
+    project = project_root()
+    try:
+        settings = load_settings()
+    except WsssError as e:
+        return Failed(message=str(e))
+    with workspace_lock(project) as mine:
+        if not mine:
+            return Cancelled(message=f"another retrain holds {project / LOCK}: skipped, nothing ran")
+        since_ms = int(time.time() * 1000)
+        name = f"{flow_run.name or 'retrain'}-{(flow_run.id or '')[:8]}".strip("-")
+        try:
+            print(f"fetch data: {fetch_data(project, settings)}")
+            outcomes = ingest_drops(project, settings, drops)
+            metrics = experiment(project, name, list(set_params or []))
+            print(f"experiment {name}: val mIoU {_miou(metrics)}")
+            print(f"push: {push(project, settings)}")
+            print(f"registry gate: {gate_report(settings, since_ms)}")
+        except WsssError as e:
+            return Failed(message=str(e))
+    for o in outcomes:
+        print(f"drop {o['drop']}: {o['status']}" + (f" ({o['detail']})" if o["detail"] else ""))
+    errors = [o for o in outcomes if o["status"] == "error"]
+    if errors:
+        return Failed(message="; ".join(f"drop {o['drop']}: {o['detail']}" for o in errors))
+    return {"experiment": name, "drops": outcomes, "metrics": metrics}
+
+
+def _miou(metrics: dict) -> str:
+    seg = metrics.get("segmenter", {})
+    return " / ".join(f"{k} {v['miou']:.4f}" for k, v in seg.items()) or "n/a"
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Serve the retrain deployment from this process on `ops.schedule` (what `wsss serve` runs)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Cron
+
+    ops = (settings or load_settings()).ops
+    retrain.serve(name=DEPLOYMENT, schedules=[Cron(ops.schedule, timezone=ops.timezone)],
+                  global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+                  limit=1, pause_on_shutdown=False, description=__doc__.splitlines()[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--drops", help="drop area (s3://bucket/prefix or a folder); default ops.drops / $WSSS_DROPS")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dvc exp run -S (repeatable)")
+    parser.add_argument("--serve", action="store_true", help="serve the scheduled deployment (as `wsss serve`)")
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve()
+        return 0
+    from wsss.prefect_env import local_api
+
+    with local_api():  # $PREFECT_API_URL, else a loopback API of our own for this run
+        state = retrain(args.drops, args.set, return_state=True)
+    if not state.is_completed():
+        print(f"error: retrain {state.type.value.lower()}: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Run the tools a flow strings together (dvc, git) as child processes: output streamed to the flow's
+log, a failure is one line with the tool's own last words, and the child never outlives us."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from wsss.errors import WsssError
+
+
+class CommandError(WsssError):
+    """A tool the flow ran failed: names the step, the exit code and the tool's last error line."""
+
+
+def _term_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when its parent dies (Linux), so a cancelled flow stops its `dvc`;
+    SIGTERM, not SIGKILL: the stages end their MLflow runs and keep finished outputs."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run(cmd: list[str], cwd: str | Path, what: str, log: Callable[[str], None] | None = None,
+        env: dict | None = None, ok_codes: tuple[int, ...] = (0,)) -> str:
+    """Run `cmd`, each output line to `log`; return the output. Ctrl-C/SIGTERM reach the child (same
+    process group), which is waited for; a failure raises CommandError."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL, preexec_fn=_term_with_parent)
+    lines: list[str] = []
+    tail = collections.deque(maxlen=20)
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            tail.append(line)
+            if log is not None:
+                log(line)
+        code = proc.wait()
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if code not in ok_codes:
+        last = next((ln for ln in reversed(tail) if ln.strip().lower().startswith("error")), None) or \
+            next((ln for ln in reversed(tail) if ln.strip()), "no output")
+        raise CommandError(f"{what} failed (exit {code}): {last.strip()}")
+    return "\n".join(lines)
+
+
+def dvc(*args: str, cwd: str | Path, what: str | None = None, log=None, env=None) -> str:
+    """`python -m dvc ...` with this interpreter (the venv's dvc, whatever PATH says)."""
+    return run([sys.executable, "-m", "dvc", *args], cwd, what or f"dvc {args[0]}", log=log, env=env)
+
+
+def default_remote(cwd: str | Path) -> str | None:
+    """The DVC default remote's name, or None when none is configured."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=cwd, capture_output=True, text=True)
+    name = out.stdout.strip()
+    return name if out.returncode == 0 and name and "no default remote" not in (out.stdout + out.stderr).lower() else None

@@ -1,0 +1,192 @@
+"""Dataset drops: list → fetch → validate → merge (`dvc add`, git commit) or quarantine with the report.
+Idempotent, interruption-safe, and a refused drop leaves the dataset as it was. Local drop areas here;
+the same code against an S3 server in test_ops_s3.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers_data import make_custom, rgb_image
+from wsss.data.drops import read_with_drops
+from wsss.data.readers import read_dataset_source
+from wsss.ops import commands
+from wsss.ops.drops import LocalDropArea
+from wsss.ops.ingest import ingest
+from wsss.settings import load_settings
+from wsss.validation import validate_drop
+
+pytestmark = pytest.mark.slow
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def run(*cmd, cwd):
+    subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True)
+
+
+def make_project(path: Path) -> Path:
+    """A git + DVC project whose dataset (custom format, 3 images) is tracked with `dvc add`."""
+    path.mkdir(parents=True)
+    (path / "dvc.yaml").write_text("stages: {}\n")
+    (path / "params.yaml").write_text(yaml.safe_dump({"data": {"root": "data/raw/base", "format": "custom"},
+                                                      "ops": {"push": False}}))
+    make_custom(path / "data/raw/base")
+    run("git", "init", "-q", cwd=path)
+    run(sys.executable, "-m", "dvc", "init", "-q", cwd=path)
+    run(sys.executable, "-m", "dvc", "add", "-q", "data/raw/base", cwd=path)
+    run(*GIT, "add", "-A", cwd=path)
+    run(*GIT, "commit", "-qm", "base", cwd=path)
+    validate_drop(path / "data/raw/base", report_dir=path / "reports/validation")  # what `prepare` leaves
+    return path
+
+
+def make_drop(root: Path, seed: int, labels=("cat", "dog;traffic light")) -> Path:
+    """A custom drop of new images (distinct content per seed); labels by name."""
+    (root / "images").mkdir(parents=True)
+    lines = ["image,labels"]
+    for k, lab in enumerate(labels):
+        rgb_image(seed + k).save(root / "images" / f"{seed}-{k}.png")
+        lines.append(f'{seed}-{k}.png,"{lab}"')
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    project = make_project(tmp_path / "project")
+    area = tmp_path / "area"
+    (area / "incoming").mkdir(parents=True)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "t")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@t")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "t")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@t")
+    return project, area
+
+
+def dvc_file(project: Path) -> bytes:
+    return (project / "data/raw/base.dvc").read_bytes()
+
+
+def test_good_drop_merged_bad_and_duplicate_quarantined(world):
+    project, area = world
+    make_drop(area / "incoming/good", 500)
+    make_drop(area / "incoming/bad", 600, labels=("cat", "zebra"))  # not in the vocabulary
+    shutil.copytree(project / "data/raw/base", area / "incoming/dup")  # the dataset's own images again
+    before = dvc_file(project)
+    outcomes = {o.drop: o for o in ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)}
+
+    assert outcomes["good"].status == "merged" and outcomes["good"].images == 2
+    assert outcomes["bad"].status == "quarantined" and "labels are in the vocabulary" in outcomes["bad"].detail
+    assert outcomes["dup"].status == "quarantined" and "already in the dataset" in outcomes["dup"].detail
+    merged = project / "data/raw/base/drops/good"
+    assert json.loads((merged / "drop.json").read_text())["images"] == 2
+    assert sorted(p.name for p in (merged / "images").iterdir()) == ["500-0.png", "500-1.png"]
+    assert not (project / "data/raw/base/drops/bad").exists()
+    assert dvc_file(project) != before  # a new dataset version ...
+    log = subprocess.run(["git", "log", "--format=%s", "-1", "--", "data/raw/base.dvc"], cwd=project,
+                         capture_output=True, text=True).stdout
+    assert log.strip() == "data: merge drop(s) good"  # ... committed
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "data/raw/base.dvc"], cwd=project,
+                            capture_output=True, text=True).stdout
+    assert "changed" not in status
+    # the area: nothing in incoming, the good drop archived, the bad one beside its report (Data Docs)
+    assert not any((area / "incoming").iterdir())
+    assert (area / "accepted/good/labels.csv").is_file()
+    assert (area / "quarantine/bad/labels.csv").is_file()
+    report = area / "quarantine/bad.report"
+    assert not json.loads((report / "summary.json").read_text())["success"]
+    assert (report / "gx/uncommitted/data_docs/local_site/index.html").is_file()
+
+    # the manifest sees one dataset: base rows, then the drop's under unique ids and root-relative paths
+    settings = load_settings()
+    ds = read_with_drops(settings.data.root, settings.data.drops,
+                         lambda p, fmt, vocab: read_dataset_source(p, format=fmt or "custom", classes=vocab),
+                         settings.data.splits)
+    drop_rows = ds.table[ds.table["id"].str.startswith("good__")]
+    assert len(ds) == 5 and len(drop_rows) == 2
+    assert all((ds.root / p).is_file() for p in drop_rows["image"])
+    assert set(drop_rows["labels"]) == {(1,), (2, 3)}
+
+
+def test_same_drop_twice_changes_nothing_and_a_renamed_conflict_is_refused(world):
+    project, area = world
+    make_drop(area / "incoming/good", 500)
+    ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    version = dvc_file(project)
+    commits = subprocess.run(["git", "rev-list", "--count", "HEAD"], cwd=project, capture_output=True, text=True).stdout
+
+    make_drop(area / "incoming/good", 500)  # delivered again, same bytes
+    [again] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert again.status == "already merged"
+    assert dvc_file(project) == version
+    assert subprocess.run(["git", "rev-list", "--count", "HEAD"], cwd=project, capture_output=True,
+                          text=True).stdout == commits
+    assert not (area / "incoming/good").exists()
+
+    make_drop(area / "incoming/good", 700)  # another drop under a merged drop's name
+    [clash] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert clash.status == "error" and "already merged" in clash.detail
+    assert (area / "incoming/good").is_dir() and dvc_file(project) == version
+
+
+def test_failed_validation_leaves_the_dataset_unchanged(world):
+    project, area = world
+    make_drop(area / "incoming/bad", 600, labels=("cat", ""))  # an image without labels
+    before = dvc_file(project)
+    files = sorted(p.relative_to(project) for p in (project / "data/raw/base").rglob("*"))
+    [o] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert o.status == "quarantined"
+    assert dvc_file(project) == before
+    assert sorted(p.relative_to(project) for p in (project / "data/raw/base").rglob("*")) == files
+    assert not (project / ".wsss/staging/bad").exists()
+
+
+def test_unreadable_drop_is_quarantined_with_the_reason(world):
+    project, area = world
+    (area / "incoming/empty").mkdir()
+    (area / "incoming/empty/notes.txt").write_text("no labels here")
+    [o] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert o.status == "quarantined" and "incoming/empty: cannot tell the dataset format" in o.detail
+    assert json.loads((area / "quarantine/empty.report/summary.json").read_text())["verdicts"]
+
+
+def test_interrupted_versioning_leaves_the_dataset_as_it_was_and_a_rerun_finishes(world, monkeypatch):
+    project, area = world
+    make_drop(area / "incoming/good", 500)
+    before = dvc_file(project)
+    real = commands.dvc
+
+    def interrupted(*args, **kw):
+        if args[0] == "add":  # Ctrl-C while `dvc add` runs
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(commands, "dvc", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert dvc_file(project) == before
+    assert not (project / "data/raw/base/drops/good").exists()
+    assert (area / "incoming/good/labels.csv").is_file()  # the drop is still waiting
+
+    monkeypatch.setattr(commands, "dvc", real)
+    [o] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert o.status == "merged" and dvc_file(project) != before
+
+
+def test_toy_world_stage_output_cannot_take_drops(tmp_path, monkeypatch):
+    from wsss.errors import WsssError
+    from wsss.ops.ingest import Dataset
+    from wsss.settings import Settings
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WsssError, match=r"tracked with `dvc add`.*toy world"):
+        Dataset(Settings(), tmp_path)
