@@ -166,15 +166,23 @@ def _miou(metrics: dict) -> str:
     return " / ".join(f"{k} {v['miou']:.4f}" for k, v in seg.items()) or "n/a"
 
 
-def serve(settings: Settings | None = None) -> None:
-    """Serve the retrain deployment from this process on `ops.schedule` (what `wsss serve` runs)."""
+def deployment(settings: Settings | None = None):
+    """The retrain deployment `wsss serve` runs: `ops.schedule`, concurrency 1 (a second run waits)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
     ops = (settings or load_settings()).ops
-    retrain.serve(name=DEPLOYMENT, schedules=[Cron(ops.schedule, timezone=ops.timezone)],
-                  global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
-                  limit=1, pause_on_shutdown=False, description=__doc__.splitlines()[0])
+    return retrain.to_deployment(
+        name=DEPLOYMENT, schedules=[Cron(ops.schedule, timezone=ops.timezone)], description="Pull → ingest drops → dvc exp run → push → registry gate (flows/retrain.py)",
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE))
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Serve the retrain deployment from this process (one run at a time; the schedule stays active when
+    it stops, so a restarted `wsss serve` picks it up)."""
+    from prefect import serve as serve_deployments
+
+    serve_deployments(deployment(settings), limit=1, pause_on_shutdown=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,8 +93,9 @@ def list_children(s3, uri: S3Uri) -> list[str]:
 def retrying(action: Callable[[], None], what: str, attempts: int, delay: float = 0.5) -> None:
     """Run `action`, retrying transfer failures that botocore did not (a connection dropped mid-body)
     with exponential backoff; the last failure becomes one S3Error line."""
+    from boto3.exceptions import Boto3Error  # transfer manager: retries exceeded, upload failed
     from botocore.exceptions import BotoCoreError, ClientError
-    from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError, S3UploadFailedError
+    from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 
     for attempt in range(1, attempts + 1):
         try:
@@ -104,7 +105,7 @@ def retrying(action: Callable[[], None], what: str, attempts: int, delay: float 
             if code in {"NoSuchKey", "NoSuchBucket", "AccessDenied", "403", "404", "InvalidAccessKeyId",
                         "SignatureDoesNotMatch"} or attempt == attempts:
                 raise S3Error(f"{what}: {code} {e.response.get('Error', {}).get('Message', '')}".rstrip()) from None
-        except (BotoCoreError, OSError, RetriesExceededError, S3DownloadFailedError, S3UploadFailedError) as e:
+        except (BotoCoreError, Boto3Error, OSError, RetriesExceededError, S3DownloadFailedError) as e:
             if attempt == attempts:
                 raise S3Error(f"{what}: {e} (after {attempts} attempts)") from None
         time.sleep(delay * 2 ** (attempt - 1))
