@@ -30,7 +30,7 @@ from wsss.errors import WsssError
 from wsss.ops import commands
 from wsss.settings import Settings, load_settings, project_root
 
-DEPLOYMENT = "scheduled"
+DEPLOYMENT = "local"  # `wsss serve`; prefect.yaml deploys "gpu-pool" (a work pool), both the same flow
 LOCK = Path(".wsss/retrain.lock")
 
 
@@ -135,13 +135,13 @@ def retrain(drops: str | None = None, set_params: list[str] | None = None):
     from prefect.runtime import flow_run
 
     project = project_root()
-    try:
-        settings = load_settings()
-    except WsssError as e:
-        return Failed(message=str(e))
     with workspace_lock(project) as mine:
         if not mine:
             return Cancelled(message=f"another retrain holds {project / LOCK}: skipped, nothing ran")
+        try:
+            settings = load_settings()
+        except WsssError as e:
+            return Failed(message=str(e))
         since_ms = int(time.time() * 1000)
         name = f"{flow_run.name or 'retrain'}-{(flow_run.id or '')[:8]}".strip("-")
         try:

@@ -43,3 +43,27 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """An in-memory S3 server (moto) on 127.0.0.1: yields its endpoint URL; for the fixture's duration
+    AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (testing/testing), AWS_DEFAULT_REGION (us-east-1) and
+    AWS_ENDPOINT_URL (it) are set, and the variables that would send boto3 elsewhere unset."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            mp.delenv(key, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        try:
+            yield endpoint
+        finally:
+            server.stop()

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from wsss.errors import WsssError
+from wsss.ops.infra import infra_app
 from wsss.prefect_env import apply_prefect_defaults
 from wsss.settings import ToyworldSettings, ValidationSettings
 from wsss.toyclip.settings import ToyClipTraining
@@ -20,6 +21,8 @@ from wsss.toyclip.settings import ToyClipTraining
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + SemPLeS), as a "
                        "DVC / Prefect / MLflow pipeline. Run `wsss repro` for the whole pipeline.")
+
+app.add_typer(infra_app, name="infra")
 
 STAGES = ["toyworld", "prepare", "teacher", "prompts", "cams", "masks", "evaluate_masks", "train", "evaluate"]
 
@@ -195,6 +198,22 @@ def predict(inputs: list[Path] = typer.Argument(..., help="Images and/or folders
     segmenter, info = load_segmenter(resolve_segmenter(model), _device(device))
     written = predict_files(segmenter, info, files, out, scale_list, flip)
     typer.echo(f"wrote {len(written)} prediction(s) and overlays to {out} (classes: {', '.join(info['classes'])})")
+
+
+@app.command()
+def serve():
+    """Serve the retrain deployment (flows/retrain.py) from this process on `ops.schedule`, concurrency 1:
+    it appears in the Prefect UI, where its schedule can be changed and runs triggered. Needs a Prefect
+    server ($PREFECT_API_URL); stops on Ctrl-C (the schedule stays active). GPU work pools: prefect.yaml."""
+    import os
+
+    from wsss.settings import load_settings
+
+    load_settings()  # a typo in params.yaml is one line before anything starts
+    if not os.environ.get("PREFECT_API_URL"):
+        raise WsssError("PREFECT_API_URL is not set: start a server (`prefect server start` or `wsss infra dev-up`, "
+                        "then `source .wsss/dev/env`) so the schedule outlives this process")
+    raise typer.Exit(_run_child([sys.executable, "-m", "flows.retrain", "--serve"], _project_root()))
 
 
 def _device(spec: str | None) -> str:

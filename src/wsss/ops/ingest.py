@@ -126,11 +126,11 @@ class Dataset:
 
 def ingest(area, settings: Settings, project: Path, log: Callable[[str], None] = print) -> list[Outcome]:
     """Process every drop in `area`'s incoming/ (see the module docstring); returns one Outcome each."""
-    dataset = Dataset(settings, project)
     names = area.incoming()
     log(f"{len(names)} new drop(s) in {area}" + (f": {', '.join(names)}" if names else ""))
     if not names:
         return []
+    dataset = Dataset(settings, project)  # checked only when there is something to merge
     merged, vocab, known = dataset.merged(), dataset.vocabulary(), dataset.known_content()
     outcomes, fresh = [], []
     for name in names:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from wsss.errors import WsssError
 from wsss.interrupt import is_interrupt
 from wsss.settings import project_root
 
@@ -37,15 +38,48 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+class TrackingUnreachable(WsssError):
+    """The MLflow tracking server does not answer: said in one line, instead of minutes of MLflow retries."""
+
+
 def open_store(uri: str | None = None):
     """An MLflow client on the tracking store; opening a SQLite store checks its schema (seconds), once
-    per process: MLflow keeps the store."""
+    per process: MLflow keeps the store. A tracking server is probed first (`check_server`)."""
+    uri = tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     _quiet_mlflow()
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri(uri))
+    client = MlflowClient(tracking_uri=uri)
     client.search_experiments(max_results=1)
     return client
+
+
+def check_server(uri: str, timeout: float = 3.0) -> None:
+    """GET `<uri>/health` (through the same proxy settings as MLflow's client): no connection, a timeout or
+    a 5xx (a proxy with nothing behind it) raises `TrackingUnreachable`. Any other answer, TLS errors
+    included, means a server is there: MLflow's own client reports what else is wrong."""
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        return
+    except urllib.error.HTTPError as e:
+        if e.code < 500:
+            return
+        reason = f"HTTP {e.code}"
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLError):
+            return
+        reason = str(e.reason)
+    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, a port that does not speak HTTP
+        reason = str(e) or type(e).__name__
+    raise TrackingUnreachable(f"MLflow tracking server {uri} unreachable ({reason}): start it "
+                              "(bash infra/mlflow_server.sh) or unset MLFLOW_TRACKING_URI")
 
 
 def _git(*args: str) -> str:
