@@ -190,3 +190,21 @@ def test_toy_world_stage_output_cannot_take_drops(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(WsssError, match=r"tracked with `dvc add`.*toy world"):
         Dataset(Settings(), tmp_path)
+
+
+def test_wsss_drops_deliver_ls_ingest(world, tmp_path):
+    project, area = world
+
+    def wsss(*args):
+        return subprocess.run([sys.executable, "-m", "wsss.cli", "drops", *args, "--area", str(area)], cwd=project,
+                              capture_output=True, text=True, timeout=300)
+
+    proc = wsss("deliver", str(make_drop(tmp_path / "week-49", 800)))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"delivered 3 file(s) to {area}/incoming/week-49")
+    assert wsss("ls").stdout.splitlines()[0].split() == ["incoming", "1", "week-49"]
+    proc = wsss("ingest")
+    assert proc.returncode == 0, proc.stderr
+    assert "drop week-49: merged (2 images)" in proc.stdout
+    assert wsss("ls").stdout.splitlines()[1].split() == ["accepted", "1", "week-49"]
+    proc = wsss("deliver", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'nope'}: not a folder"

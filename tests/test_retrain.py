@@ -44,8 +44,15 @@ def prefect_cli(*args: str, cwd=REPO, env=None) -> subprocess.CompletedProcess:
 
 
 def test_prefect_yaml_deploys_to_the_gpu_pool_with_schedule_and_limit(prefect_harness):
-    proc = prefect_cli("work-pool", "create", "gpu", "--type", "process", "--overwrite")
+    proc = prefect_cli("work-pool", "create", "gpu", "--type", "process", "--overwrite",
+                       "--base-job-template", str(REPO / "infra/gpu-pool.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("gpu")
+    assert pool.type == "process"
+    assert "PYTORCH_CUDA_ALLOC_CONF" in pool.base_job_template["variables"]["properties"]["env"]["default"]
     proc = prefect_cli("--no-prompt", "deploy", "--all", env={"WSSS_WORKDIR": str(REPO)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     d = read_deployment("retrain/gpu-pool")

@@ -216,6 +216,60 @@ def serve():
     raise typer.Exit(_run_child([sys.executable, "-m", "flows.retrain", "--serve"], _project_root()))
 
 
+drops_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="Dataset drops: deliver one, list the drop area, ingest the new ones now.")
+app.add_typer(drops_app, name="drops")
+_AREA = typer.Option(None, "--area", help="Drop area: s3://bucket/prefix or a folder [default: params.yaml "
+                                          "ops.drops, else $WSSS_DROPS].")
+
+
+def _drop_area(spec: str | None):
+    import os
+
+    from wsss.ops.drops import open_area
+    from wsss.settings import load_settings
+
+    ops = load_settings().ops
+    spec = spec or ops.drops or os.environ.get("WSSS_DROPS")
+    if not spec:
+        raise WsssError("no drop area: pass --area, set ops.drops in params.yaml or $WSSS_DROPS")
+    return open_area(spec, endpoint_url=ops.endpoint_url, attempts=ops.retries)
+
+
+@drops_app.command("deliver")
+def drops_deliver(folder: Path = typer.Argument(..., help="The drop: images + labels (+ masks), VOC/COCO/custom."),
+                  name: Optional[str] = typer.Option(None, help="Drop name [default: the folder's name]."),
+                  area: Optional[str] = _AREA):
+    """Put a drop into the area's incoming/ (upload to S3, or copy), where the next retrain finds it."""
+    if not folder.is_dir():
+        raise WsssError(f"{folder}: not a folder")
+    target = _drop_area(area)
+    files = target.deliver(folder, name or folder.resolve().name)
+    typer.echo(f"delivered {files} file(s) to {target}/incoming/{name or folder.resolve().name}")
+
+
+@drops_app.command("ls")
+def drops_ls(area: Optional[str] = _AREA):
+    """The drops waiting (incoming), merged (accepted) and refused (quarantine, each with its report)."""
+    from wsss.ops.drops import ACCEPTED, INCOMING, QUARANTINE
+
+    target = _drop_area(area)
+    for place in (INCOMING, ACCEPTED, QUARANTINE):
+        names = target.names(place)
+        typer.echo(f"{place:10} {len(names):3}  {', '.join(names)}")
+
+
+@drops_app.command("ingest")
+def drops_ingest(area: Optional[str] = _AREA):
+    """Ingest the new drops now, without retraining: validate each, merge (dvc add, push, commit) or
+    quarantine it. Exit 1 when a drop could not be processed (it stays in incoming/)."""
+    from wsss.ops.ingest import ingest
+    from wsss.settings import load_settings
+
+    outcomes = ingest(_drop_area(area), load_settings(), _project_root(), log=typer.echo)
+    raise typer.Exit(1 if any(o.status == "error" for o in outcomes) else 0)
+
+
 def _device(spec: str | None) -> str:
     from wsss.cam.factory import pick_device
 

@@ -49,9 +49,18 @@ class LocalDropArea:
         return sorted(p for p in (self.path / INCOMING / name).rglob("*") if p.is_file())
 
     def incoming(self) -> list[str]:
-        folder = self.path / INCOMING
+        return self.names(INCOMING)
+
+    def names(self, place: str) -> list[str]:
+        folder = self.path / place
         return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) \
             if folder.is_dir() else []
+
+    def deliver(self, folder: Path, name: str) -> int:
+        """Put a drop into incoming/ (whole or not at all)."""
+        with atomic_dir(self.path / INCOMING / name) as tmp:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+        return len(self._files(name))
 
     def fingerprint(self, name: str) -> str:
         src = self.path / INCOMING / name
@@ -94,7 +103,15 @@ class S3DropArea:
         return s3lib.list_objects(self.s3, self.uri.join(INCOMING, name))
 
     def incoming(self) -> list[str]:
-        return s3lib.list_children(self.s3, self.uri.join(INCOMING))
+        return self.names(INCOMING)
+
+    def names(self, place: str) -> list[str]:
+        return s3lib.list_children(self.s3, self.uri.join(place))
+
+    def deliver(self, folder: Path, name: str) -> int:
+        """Upload a drop into incoming/ (an ingestion running meanwhile could see part of it: it would
+        quarantine that part, nothing is lost; upload between scheduled runs)."""
+        return s3lib.upload_dir(self.s3, Path(folder), self.uri.join(INCOMING, name), self.attempts)
 
     def fingerprint(self, name: str) -> str:
         base = self.uri.join(INCOMING, name).prefix

@@ -37,6 +37,7 @@ infra_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_excep
 HOST = "127.0.0.1"
 POOL = "gpu"
 MLFLOW_SCRIPT = "infra/mlflow_server.sh"
+POOL_TEMPLATE = "infra/gpu-pool.json"  # the GPU pool's base job template (process worker)
 DEV_BUCKET, DEV_PREFIX, DEV_REMOTE = "wsss", "wsss", "dev"
 DEV_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 AWS_ELSEWHERE = ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")  # would win over ours
@@ -303,7 +304,8 @@ def _start_servers(stack: _Stack, ports: dict[str, int], endpoint: str) -> None:
 
 
 def _start_worker(stack: _Stack) -> None:
-    created = stack.prefect("work-pool", "create", POOL, "--type", "process", log="work-pool")
+    created = stack.prefect("work-pool", "create", POOL, "--type", "process", "--base-job-template",
+                            str(stack.root / POOL_TEMPLATE), log="work-pool")
     text = (stack.root / stack.log("work-pool")).read_text(errors="replace")
     if created.returncode and "already exists" not in text:
         raise InfraError(f"prefect work-pool create {POOL} failed (exit {created.returncode}): see {stack.log('work-pool')}")
