@@ -145,6 +145,7 @@ def retrain(drops: str | None = None, set_params: list[str] | None = None):
         since_ms = int(time.time() * 1000)
         name = f"{flow_run.name or 'retrain'}-{(flow_run.id or '')[:8]}".strip("-")
         try:
+            _tracking_reachable(settings)  # before any work: an MLflow outage must not cost a drop or an hour
             print(f"fetch data: {fetch_data(project, settings)}")
             outcomes = ingest_drops(project, settings, drops)
             metrics = experiment(project, name, list(set_params or []))
@@ -159,6 +160,12 @@ def retrain(drops: str | None = None, set_params: list[str] | None = None):
     if errors:
         return Failed(message="; ".join(f"drop {o['drop']}: {o['detail']}" for o in errors))
     return {"experiment": name, "drops": outcomes, "metrics": metrics}
+
+
+def _tracking_reachable(settings: Settings) -> None:
+    from wsss.tracking.runs import open_store
+
+    open_store(settings.tracking.uri)
 
 
 def _miou(metrics: dict) -> str:

@@ -186,3 +186,38 @@ def test_retrain_end_to_end_on_a_tiny_toy_world(prefect_harness, team_project):
     # the registry gate ran inside the experiment: the first model becomes champion
     client = open_store(None)
     assert str(client.get_model_version_by_alias("wsss-segmenter", "champion").version) == "1"
+
+
+def test_retrain_with_mlflow_unreachable_fails_with_one_line(prefect_harness, tmp_path, monkeypatch):
+    import socket
+
+    from flows.retrain import retrain
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends
+    work = tmp_path / "repo"
+    _copy_repo(work)
+    _shrink(work / "params.yaml", TINY)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t",
+                                                              "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=work, check=True, capture_output=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("PATH", f"{PY_BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("WSSS_DROPS", raising=False)
+    monkeypatch.chdir(work)
+    state = retrain(return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(f"MLflow tracking server http://127.0.0.1:{port} unreachable")
+    assert "\n" not in state.message
+    assert not (work / "data").exists()  # stopped before any work
+
+
+def test_a_failing_stage_is_named_by_its_own_error_line():
+    from wsss.ops.commands import _cause
+
+    dvc_output = ["Running stage 'prepare':", "error: data/raw/x: dataset root not found", "",
+                  "ERROR: failed to reproduce 'prepare': failed to run: python -m stages.prepare, exited with 1"]
+    assert _cause(dvc_output) == "error: data/raw/x: dataset root not found"
+    assert _cause(["ERROR: failed to push data to the cloud"]) == "ERROR: failed to push data to the cloud"
+    assert _cause(["something", "last words", ""]) == "last words"

@@ -3,7 +3,6 @@ log, a failure is one line with the tool's own last words, and the child never o
 
 from __future__ import annotations
 
-import collections
 import signal
 import subprocess
 import sys
@@ -35,12 +34,10 @@ def run(cmd: list[str], cwd: str | Path, what: str, log: Callable[[str], None] |
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.DEVNULL, preexec_fn=_term_with_parent)
     lines: list[str] = []
-    tail = collections.deque(maxlen=20)
     try:
         for line in proc.stdout:
             line = line.rstrip("\n")
             lines.append(line)
-            tail.append(line)
             if log is not None:
                 log(line)
         code = proc.wait()
@@ -52,10 +49,18 @@ def run(cmd: list[str], cwd: str | Path, what: str, log: Callable[[str], None] |
             proc.kill()
         raise
     if code not in ok_codes:
-        last = next((ln for ln in reversed(tail) if ln.strip().lower().startswith("error")), None) or \
-            next((ln for ln in reversed(tail) if ln.strip()), "no output")
-        raise CommandError(f"{what} failed (exit {code}): {last.strip()}")
+        raise CommandError(f"{what} failed (exit {code}): {_cause(lines)}")
     return "\n".join(lines)
+
+
+def _cause(lines: list[str]) -> str:
+    """The line that says why: a stage's own `error: ...` line (the cause) over DVC's `ERROR: failed to
+    reproduce ...` (the consequence), else the last line."""
+    for prefix in ("error: ", "ERROR: "):
+        found = [ln.strip() for ln in lines if ln.strip().startswith(prefix)]
+        if found:
+            return found[-1]
+    return next((ln.strip() for ln in reversed(lines) if ln.strip()), "no output")
 
 
 def dvc(*args: str, cwd: str | Path, what: str | None = None, log=None, env=None) -> str:
