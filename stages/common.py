@@ -184,8 +184,10 @@ def shard_runner(section: str) -> Callable[[Settings], Any]:
         from prefect_dask import DaskTaskRunner
 
         if cfg.dask_address == "local":
+            import dask
             import torch
 
+            dask.config.set({"distributed.worker.daemon": False})  # a shard may start a process pool (masks.workers)
             workers = torch.cuda.device_count() or cfg.shards
             return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
         return DaskTaskRunner(address=cfg.dask_address)

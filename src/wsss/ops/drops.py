@@ -97,7 +97,7 @@ class S3DropArea:
         self.attempts = attempts
 
     def __str__(self) -> str:
-        return str(self.uri)
+        return str(self.uri).rstrip("/")
 
     def _objects(self, name: str) -> list[dict]:
         return s3lib.list_objects(self.s3, self.uri.join(INCOMING, name))
