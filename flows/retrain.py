@@ -5,7 +5,7 @@
     `champion` alias only through the registry gate) → `dvc push` → report the gate's decision.
 
 Never two at once: the deployment has a concurrency limit of 1 (a second trigger waits in the queue), and
-the workspace is locked (a run started beside it by other means is skipped, not run). Every step is a
+the workspace is locked (a run or `wsss drops ingest` started beside it is skipped, not run). Every step is a
 task in the Prefect UI; every child (dvc, its stages) streams its output into the flow's log.
 
 Run once:    python -m flows.retrain [--drops s3://bucket/prefix] [--set train.iterations=2000]
@@ -16,8 +16,6 @@ Work pool:   prefect.yaml at the project root (`prefect deploy --all`; README: O
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import sys
 import time
@@ -28,27 +26,11 @@ from prefect.states import Cancelled, Failed
 
 from wsss.errors import WsssError
 from wsss.ops import commands
+from wsss.ops.ingest import Outcome
+from wsss.ops.lock import LOCK, workspace_lock
 from wsss.settings import Settings, load_settings, project_root
 
 DEPLOYMENT = "local"  # `wsss serve`; prefect.yaml deploys "gpu-pool" (a work pool), both the same flow
-LOCK = Path(".wsss/retrain.lock")
-
-
-@contextlib.contextmanager
-def workspace_lock(project: Path):
-    """Hold the workspace's retrain lock; yields False (without waiting) when another run holds it."""
-    path = project / LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _log(line: str) -> None:
@@ -69,6 +51,8 @@ def _child_env() -> dict:
 def fetch_data(project: Path, settings: Settings) -> str:
     if not settings.ops.pull:
         return "skipped (ops.pull false)"
+    if settings.ops.git_sync:  # other nodes' dataset versions first (a diverged branch stops the run)
+        commands.run(["git", "pull", "--ff-only"], project, "git pull --ff-only", log=_log)
     remote = commands.default_remote(project)
     if remote is None:
         return "no DVC remote: using the workspace's data"
@@ -78,14 +62,13 @@ def fetch_data(project: Path, settings: Settings) -> str:
 
 @task(name="ingest drops")
 def ingest_drops(project: Path, settings: Settings, drops: str | None) -> list[dict]:
-    from wsss.ops.drops import open_area
+    from wsss.ops.drops import area_from
     from wsss.ops.ingest import ingest
 
-    spec = drops or settings.ops.drops or os.environ.get("WSSS_DROPS")
-    if not spec:
+    area = area_from(settings, drops)
+    if area is None:
         _log("no drop area (ops.drops / $WSSS_DROPS): nothing to ingest")
         return []
-    area = open_area(spec, endpoint_url=settings.ops.endpoint_url, attempts=settings.ops.retries)
     return [vars(o) for o in ingest(area, settings, project, log=_log)]
 
 
@@ -113,20 +96,11 @@ def push(project: Path, settings: Settings) -> str:
 @task(name="registry gate")
 def gate_report(settings: Settings, since_ms: int) -> str:
     """What the `evaluate` stage's registry gate decided in this run (it runs inside the experiment)."""
-    from wsss.seg.registry import current_champion
+    from wsss.seg.registry import gate_summary
     from wsss.tracking.runs import open_store
 
-    client = open_store(settings.tracking.uri)
-    name = settings.evaluate.registered_model
-    exp = client.get_experiment_by_name(settings.tracking.experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {since_ms} and "
-                              "tags.`dvc.stage` = 'evaluate'", order_by=["attributes.start_time DESC"],
-                              max_results=1) if exp else []
-    version, miou = current_champion(client, name)
-    champion = f"{name}@champion = version {version} (val mIoU {miou:.4f})" if version else f"{name}: no champion yet"
-    if not runs or "registry.decision" not in runs[0].data.tags:
-        return f"no new model evaluated in this run (nothing changed); {champion}"
-    return f"{runs[0].data.tags['registry.decision']}; {champion}"
+    return gate_summary(open_store(settings.tracking.uri), settings.tracking.experiment,
+                        settings.evaluate.registered_model, since_ms)
 
 
 @flow(name="retrain", log_prints=True)
@@ -155,7 +129,7 @@ def retrain(drops: str | None = None, set_params: list[str] | None = None):
         except WsssError as e:
             return Failed(message=str(e))
     for o in outcomes:
-        print(f"drop {o['drop']}: {o['status']}" + (f" ({o['detail']})" if o["detail"] else ""))
+        print(Outcome(**o).line())
     errors = [o for o in outcomes if o["status"] == "error"]
     if errors:
         return Failed(message="; ".join(f"drop {o['drop']}: {o['detail']}" for o in errors))
@@ -185,8 +159,8 @@ def deployment(settings: Settings | None = None):
 
 
 def serve(settings: Settings | None = None) -> None:
-    """Serve the retrain deployment from this process (one run at a time; the schedule stays active when
-    it stops, so a restarted `wsss serve` picks it up)."""
+    """Serve the retrain deployment from this process, one run at a time. Stopping leaves the schedule
+    active (`pause_on_shutdown=False`); a restart applies `ops.schedule` again."""
     from prefect import serve as serve_deployments
 
     serve_deployments(deployment(settings), limit=1, pause_on_shutdown=False)

@@ -125,7 +125,7 @@ def test_same_drop_twice_changes_nothing_and_a_renamed_conflict_is_refused(world
 
     make_drop(area / "incoming/good", 500)  # delivered again, same bytes
     [again] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
-    assert again.status == "already merged"
+    assert again.status == "already processed" and "warning" not in again.detail  # its twin is in accepted/
     assert dvc_file(project) == version
     assert subprocess.run(["git", "rev-list", "--count", "HEAD"], cwd=project, capture_output=True,
                           text=True).stdout == commits
@@ -183,13 +183,13 @@ def test_interrupted_versioning_leaves_the_dataset_as_it_was_and_a_rerun_finishe
 
 def test_toy_world_stage_output_cannot_take_drops(tmp_path, monkeypatch):
     from wsss.errors import WsssError
-    from wsss.ops.ingest import Dataset
+    from wsss.ops.ingest import TrackedDataset
     from wsss.settings import Settings
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(WsssError, match=r"tracked with `dvc add`.*toy world"):
-        Dataset(Settings(), tmp_path)
+        TrackedDataset(Settings(), tmp_path)
 
 
 def test_wsss_drops_deliver_ls_ingest(world, tmp_path):
@@ -208,3 +208,71 @@ def test_wsss_drops_deliver_ls_ingest(world, tmp_path):
     assert wsss("ls").stdout.splitlines()[1].split() == ["accepted", "1", "week-49"]
     proc = wsss("deliver", str(tmp_path / "nope"))
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'nope'}: not a folder"
+    make_drop(tmp_path / "week-50", 900)
+    assert wsss("deliver", str(tmp_path / "week-50")).returncode == 0
+    proc = wsss("deliver", str(tmp_path / "week-50"))  # never over a waiting drop
+    assert proc.returncode == 2 and "a drop of that name is waiting" in proc.stderr
+
+    from wsss.ops.lock import workspace_lock
+
+    with workspace_lock(project):  # a retrain holds the workspace: an ingest beside it does nothing
+        proc = wsss("ingest")
+    assert proc.returncode == 2 and "holds this workspace" in proc.stderr
+    assert (area / "incoming/week-50/labels.csv").is_file()
+
+
+def test_the_same_images_in_two_drops_of_one_run_merge_once(world, tmp_path):
+    project, area = world
+    make_drop(area / "incoming/a", 500)
+    make_drop(area / "incoming/b", 500)  # the same two images again
+    outcomes = {o.drop: o for o in ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)}
+    assert outcomes["a"].status == "merged"
+    assert outcomes["b"].status == "quarantined" and "already in the dataset" in outcomes["b"].detail
+    # and in a later run, before `prepare` has seen drop a: its record carries its images' hashes
+    make_drop(area / "incoming/c", 500)
+    [c] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert c.status == "quarantined" and "already in the dataset" in c.detail
+
+
+def test_a_crash_between_merge_and_version_takes_the_merge_back_out(world, monkeypatch):
+    from wsss.ops import ingest as ingest_module
+
+    project, area = world
+    make_drop(area / "incoming/a", 500)
+    make_drop(area / "incoming/b", 700)
+    before = dvc_file(project)
+    real = ingest_module._validate
+
+    def crash_on_b(staged, name, *a, **kw):
+        if name == "b":
+            raise RuntimeError("a bug while validating b")
+        return real(staged, name, *a, **kw)
+
+    monkeypatch.setattr(ingest_module, "_validate", crash_on_b)
+    with pytest.raises(RuntimeError):
+        ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert not (project / "data/raw/base/drops/a").exists() and dvc_file(project) == before
+    assert (area / "incoming/a/labels.csv").is_file() and (area / "incoming/b/labels.csv").is_file()
+
+
+def test_a_move_cut_short_is_finished_by_the_next_run(world):
+    project, area = world
+    make_drop(area / "incoming/good", 500)
+    ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    shutil.copytree(area / "accepted/good", area / "incoming/good")  # the copy happened, the delete did not
+    version = dvc_file(project)
+    [o] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert o.status == "already processed" and not (area / "incoming/good").exists()
+    assert dvc_file(project) == version and (area / "accepted/good/labels.csv").is_file()
+
+
+def test_drop_names_that_could_escape_are_not_drops(tmp_path):
+    from wsss.errors import WsssError
+    from wsss.ops.drops import safe_rel, valid_name
+
+    assert valid_name("week-49") and valid_name("drop_2026.12")
+    assert not any(valid_name(n) for n in (".", "..", ".hidden", "a b", "x.report", "", "-x"))
+    assert safe_rel("images/a.png", "d") == "images/a.png"
+    for rel in ("/etc/passwd", "a//b", "../x", "a/./b", ""):
+        with pytest.raises(WsssError, match="would leave its drop folder"):
+            safe_rel(rel, "d")

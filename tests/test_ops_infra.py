@@ -55,6 +55,7 @@ def _project(root: Path) -> Path:
     (root / "dvc.yaml").write_text("stages: {}\n")
     (root / "infra").mkdir()
     shutil.copy2(REPO / "infra" / "mlflow_server.sh", root / "infra" / "mlflow_server.sh")
+    shutil.copy2(REPO / "infra" / "gpu-pool.json", root / "infra" / "gpu-pool.json")  # the pool dev-up creates
     return root
 
 

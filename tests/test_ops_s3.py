@@ -92,7 +92,7 @@ def test_s3_drops_merged_and_quarantined(world):
     upload_drop(s3, bucket, "good", tmp / "good")  # the same drop delivered again
     version = dvc_file(project)
     [again] = ingest(area, load_settings(), project, log=lambda s: None)
-    assert again.status == "already merged" and dvc_file(project) == version
+    assert again.status == "already processed" and dvc_file(project) == version
 
 
 def test_dropped_connections_mid_download_are_retried(world):
@@ -119,7 +119,7 @@ def test_a_transfer_that_keeps_failing_is_reported_and_the_drop_kept(world):
     assert not (project / ".wsss/staging/good").exists() and not list((project / ".wsss/staging").glob(".good*"))
 
 
-def test_missing_bucket_and_bad_credentials_are_one_line(world, monkeypatch):
+def test_missing_bucket_and_bad_uri_are_one_line(world):
     project, s3, bucket, tmp = world
     from wsss.errors import WsssError
 
@@ -127,3 +127,34 @@ def test_missing_bucket_and_bad_credentials_are_one_line(world, monkeypatch):
         S3DropArea("s3://no-such-bucket/team", s3=s3).incoming()
     with pytest.raises(WsssError, match="not an S3 URI"):
         S3DropArea("s3:///team")
+
+
+def test_a_key_that_would_escape_the_drop_is_refused(world):
+    project, s3, bucket, tmp = world
+    upload_drop(s3, bucket, "evil", make_drop(tmp / "evil", 500))
+    s3.put_object(Bucket=bucket, Key="team/incoming/evil//tmp/wsss-escaped", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="team/incoming/../x/y", Body=b"x")  # not under any drop name
+    [o] = ingest(S3DropArea(f"s3://{bucket}/team", s3=s3), load_settings(), project, log=lambda s: None)
+    assert o.status == "error" and "would leave its drop folder" in o.detail
+    assert not Path("/tmp/wsss-escaped").exists() and not (project / "data/raw/base/drops").exists()
+
+
+def test_a_delete_s3_refuses_is_reported_and_the_next_run_finishes_the_move(world):
+    project, s3, bucket, tmp = world
+    upload_drop(s3, bucket, "good", make_drop(tmp / "good", 500))
+    area = S3DropArea(f"s3://{bucket}/team", s3=s3)
+
+    def refuse(**_):  # S3 answers 200 but lists every key as not deleted (and deletes nothing)
+        from botocore.awsrequest import AWSResponse
+
+        errors = [{"Key": "team/incoming/good/labels.csv", "Code": "InternalError", "Message": "injected"}]
+        return AWSResponse("", 200, {}, None), {"Errors": errors, "ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    s3.meta.events.register("before-call.s3.DeleteObjects", refuse)
+    [o] = ingest(area, load_settings(), project, log=lambda s: None)
+    assert o.status == "merged" and "archiving failed" in o.detail and "InternalError" in o.detail
+    s3.meta.events.unregister("before-call.s3.DeleteObjects", refuse)
+    version = dvc_file(project)
+    [again] = ingest(area, load_settings(), project, log=lambda s: None)
+    assert again.status == "already processed" and keys(s3, bucket, "team/incoming/") == []
+    assert dvc_file(project) == version and len(keys(s3, bucket, "team/accepted/good/")) == 3

@@ -180,6 +180,9 @@ def test_retrain_end_to_end_on_a_tiny_toy_world(prefect_harness, team_project):
     assert json.loads((work / "reports/metrics.json").read_text())["segmenter"]["multi_scale"]["images"] == 9
     # pushed: the dataset version and the pipeline's outputs are on the remote
     assert len(s3lib.list_objects(s3, s3lib.S3Uri("team", "dvc/"))) > pushed_before
+    cloud = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud"], cwd=work, capture_output=True,
+                           text=True).stdout
+    assert "in sync" in cloud, cloud  # every output of the experiment (the segmenter too) is on the remote
     # the drops moved: accepted / quarantine with its report
     assert s3lib.list_children(s3, s3lib.S3Uri("team", "drops/incoming/")) == []
     assert s3lib.list_children(s3, s3lib.S3Uri("team", "drops/quarantine/")) == ["bad", "bad.report"]

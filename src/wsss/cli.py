@@ -205,12 +205,12 @@ def serve():
     """Serve the retrain deployment (flows/retrain.py) from this process on `ops.schedule`, concurrency 1:
     it appears in the Prefect UI, where its schedule can be changed and runs triggered. Needs a Prefect
     server ($PREFECT_API_URL); stops on Ctrl-C (the schedule stays active). GPU work pools: prefect.yaml."""
-    import os
-
     from wsss.settings import load_settings
 
     load_settings()  # a typo in params.yaml is one line before anything starts
-    if not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import PREFECT_API_URL  # the environment or the active Prefect profile
+
+    if not PREFECT_API_URL.value():
         raise WsssError("PREFECT_API_URL is not set: start a server (`prefect server start` or `wsss infra dev-up`, "
                         "then `source .wsss/dev/env`) so the schedule outlives this process")
     raise typer.Exit(_run_child([sys.executable, "-m", "flows.retrain", "--serve"], _project_root()))
@@ -224,16 +224,13 @@ _AREA = typer.Option(None, "--area", help="Drop area: s3://bucket/prefix or a fo
 
 
 def _drop_area(spec: str | None):
-    import os
-
-    from wsss.ops.drops import open_area
+    from wsss.ops.drops import area_from
     from wsss.settings import load_settings
 
-    ops = load_settings().ops
-    spec = spec or ops.drops or os.environ.get("WSSS_DROPS")
-    if not spec:
+    area = area_from(load_settings(), spec)
+    if area is None:
         raise WsssError("no drop area: pass --area, set ops.drops in params.yaml or $WSSS_DROPS")
-    return open_area(spec, endpoint_url=ops.endpoint_url, attempts=ops.retries)
+    return area
 
 
 @drops_app.command("deliver")
@@ -264,9 +261,14 @@ def drops_ingest(area: Optional[str] = _AREA):
     """Ingest the new drops now, without retraining: validate each, merge (dvc add, push, commit) or
     quarantine it. Exit 1 when a drop could not be processed (it stays in incoming/)."""
     from wsss.ops.ingest import ingest
+    from wsss.ops.lock import LOCK, workspace_lock
     from wsss.settings import load_settings
 
-    outcomes = ingest(_drop_area(area), load_settings(), _project_root(), log=typer.echo)
+    root = _project_root()
+    with workspace_lock(root) as mine:
+        if not mine:
+            raise WsssError(f"{root / LOCK}: a retrain or another ingest holds this workspace; try again later")
+        outcomes = ingest(_drop_area(area), load_settings(), root, log=typer.echo)
     raise typer.Exit(1 if any(o.status == "error" for o in outcomes) else 0)
 
 

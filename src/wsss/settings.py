@@ -260,6 +260,7 @@ class OpsSettings(Section):
     pull: bool = knob(True)
     push: bool = knob(True)
     commit: bool = knob(True)
+    git_sync: bool = knob(False)
 
 
 @dataclass(frozen=True)

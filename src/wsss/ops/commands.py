@@ -16,15 +16,23 @@ class CommandError(WsssError):
     """A tool the flow ran failed: names the step, the exit code and the tool's last error line."""
 
 
-def _term_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when its parent dies (Linux), so a cancelled flow stops its `dvc`;
-    SIGTERM, not SIGKILL: the stages end their MLflow runs and keep finished outputs."""
+def _load_libc():
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_LIBC = _load_libc()  # loaded here, not in the forked child (no locks taken between fork and exec)
+
+
+def _term_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when its parent dies (Linux), so a cancelled flow stops its `dvc`;
+    SIGTERM, not SIGKILL: the stages end their MLflow runs and keep finished outputs."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def run(cmd: list[str], cwd: str | Path, what: str, log: Callable[[str], None] | None = None,

@@ -4,34 +4,63 @@
     accepted/<drop>/...      merged into the dataset (kept as they arrived)
     quarantine/<drop>/...    refused by validation, beside quarantine/<drop>.report/ (summary + Data Docs)
 
-A drop leaves `incoming/` only after it is merged or quarantined, by copy-then-delete: an interruption
-leaves it in two places, never in none, and the next run finishes the move. Its fingerprint (every
-file's relative path, size and ETag or hash) tells a re-delivered drop from one already merged.
+A drop is read once into a `Snapshot` (every file's relative path, size and ETag or hash): the fingerprint,
+the download and the move all use that one listing, so files still arriving are never half-taken. A drop
+leaves `incoming/` only after it is merged or quarantined, copy first, delete after: an interruption
+leaves it in two places, never in none, and the next run sees the copy complete and finishes the move.
+Drop names and file paths are checked: nothing in a drop can write outside its folder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
-from pathlib import Path
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from wsss.errors import WsssError
 from wsss.io import atomic_dir
 from wsss.ops import s3 as s3lib
+from wsss.validation.table import file_sha256
 
 INCOMING, ACCEPTED, QUARANTINE = "incoming", "accepted", "quarantine"
+REPORT_SUFFIX = ".report"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def _digest(lines: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+def valid_name(name: str) -> bool:
+    """A drop name is a plain folder name (no `.`/`..`, no separators), not a quarantine report's."""
+    return bool(_NAME.fullmatch(name)) and not name.endswith(REPORT_SUFFIX)
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def safe_rel(rel: str, where: str) -> str:
+    """A file path inside a drop: relative, no empty, `.` or `..` parts (else one error naming it)."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise WsssError(f"{where}: file path {rel!r} would leave its drop folder; drop refused")
+    return str(PurePosixPath(*parts))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A drop as listed once: (relative path, size, ETag or SHA-256) per file."""
+
+    name: str
+    files: tuple[tuple[str, int, str], ...]
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(f"{r} {s} {h}" for r, s, h in sorted(self.files)).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _os_errors(what: str):
+    try:
+        yield
+    except OSError as e:
+        raise WsssError(f"{what}: {e.strerror or e}") from None
 
 
 class LocalDropArea:
@@ -45,47 +74,70 @@ class LocalDropArea:
     def __str__(self) -> str:
         return str(self.path)
 
-    def _files(self, name: str) -> list[Path]:
-        return sorted(p for p in (self.path / INCOMING / name).rglob("*") if p.is_file())
+    def names(self, place: str) -> list[str]:
+        folder = self.path / place
+        return sorted(d.name for d in folder.iterdir() if d.is_dir() and valid_name(d.name)) if folder.is_dir() else []
 
     def incoming(self) -> list[str]:
         return self.names(INCOMING)
 
-    def names(self, place: str) -> list[str]:
-        folder = self.path / place
-        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) \
-            if folder.is_dir() else []
+    def _listing(self, place: str, name: str, hashes: bool = True) -> dict[str, tuple[int, str]]:
+        root = self.path / place / name
+        if not root.is_dir():
+            return {}
+        with _os_errors(f"reading {root}"):
+            return {p.relative_to(root).as_posix(): (p.stat().st_size, file_sha256(p) if hashes else "")
+                    for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+    def snapshot(self, name: str) -> Snapshot:
+        return Snapshot(name, tuple((r, s, h) for r, (s, h) in self._listing(INCOMING, name).items()))
+
+    def fetch(self, snap: Snapshot, dest: Path) -> int:
+        src = self.path / INCOMING / snap.name
+        with _os_errors(f"copying {src}"), atomic_dir(dest) as tmp:
+            for rel, _, _ in snap.files:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / rel, tmp / rel)
+        return len(snap.files)
+
+    def moved_to(self, snap: Snapshot, place: str) -> bool:
+        there = self._listing(place, snap.name)
+        return bool(snap.files) and all(there.get(r) == (s, h) for r, s, h in snap.files)
+
+    def _move(self, snap: Snapshot, place: str) -> str:
+        dst = self.path / place / snap.name
+        with _os_errors(f"moving {snap.name} to {dst}"):
+            self.fetch(snap, dst)  # the destination holds exactly the snapshot, whole
+            self.finish_move(snap)
+        return str(dst)
+
+    def finish_move(self, snap: Snapshot) -> None:
+        """Delete the snapshot's files from incoming/ (and the folders they leave empty)."""
+        src = self.path / INCOMING / snap.name
+        with _os_errors(f"removing {src}"):
+            for rel, _, _ in snap.files:
+                (src / rel).unlink(missing_ok=True)
+            for d in sorted((p for p in src.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [src]:
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+
+    def quarantine(self, snap: Snapshot, report: Path) -> str:
+        with _os_errors(f"writing {self.path / QUARANTINE}"), \
+                atomic_dir(self.path / QUARANTINE / f"{snap.name}{REPORT_SUFFIX}") as tmp:
+            shutil.copytree(report, tmp, dirs_exist_ok=True)
+        return self._move(snap, QUARANTINE)
+
+    def accept(self, snap: Snapshot) -> str:
+        return self._move(snap, ACCEPTED)
 
     def deliver(self, folder: Path, name: str) -> int:
-        """Put a drop into incoming/ (whole or not at all)."""
-        with atomic_dir(self.path / INCOMING / name) as tmp:
+        """Put a drop into incoming/ (whole or not at all); never over a waiting drop of that name."""
+        target = self.path / INCOMING / name
+        if target.exists():
+            raise WsssError(f"{target}: a drop of that name is waiting; pick another name")
+        with _os_errors(f"copying {folder}"), atomic_dir(target) as tmp:
             shutil.copytree(folder, tmp, dirs_exist_ok=True)
-        return len(self._files(name))
-
-    def fingerprint(self, name: str) -> str:
-        src = self.path / INCOMING / name
-        return _digest([f"{p.relative_to(src).as_posix()} {p.stat().st_size} {_file_sha(p)}" for p in self._files(name)])
-
-    def fetch(self, name: str, dest: Path) -> int:
-        with atomic_dir(dest) as tmp:
-            shutil.copytree(self.path / INCOMING / name, tmp, dirs_exist_ok=True)
-        return len(self._files(name))
-
-    def _move(self, name: str, to: str) -> None:
-        src, dst = self.path / INCOMING / name, self.path / to / name
-        with atomic_dir(dst) as tmp:  # copy, then delete: never in neither place
-            shutil.copytree(src, tmp, dirs_exist_ok=True)
-        shutil.rmtree(src)
-
-    def quarantine(self, name: str, report: Path) -> str:
-        with atomic_dir(self.path / QUARANTINE / f"{name}.report") as tmp:
-            shutil.copytree(report, tmp, dirs_exist_ok=True)
-        self._move(name, QUARANTINE)
-        return str(self.path / QUARANTINE / name)
-
-    def accept(self, name: str) -> str:
-        self._move(name, ACCEPTED)
-        return str(self.path / ACCEPTED / name)
+        return len(self._listing(INCOMING, name, hashes=False))
 
 
 class S3DropArea:
@@ -99,46 +151,67 @@ class S3DropArea:
     def __str__(self) -> str:
         return str(self.uri).rstrip("/")
 
-    def _objects(self, name: str) -> list[dict]:
-        return s3lib.list_objects(self.s3, self.uri.join(INCOMING, name))
+    def names(self, place: str) -> list[str]:
+        return [n for n in s3lib.list_children(self.s3, self.uri.join(place)) if valid_name(n)]
 
     def incoming(self) -> list[str]:
         return self.names(INCOMING)
 
-    def names(self, place: str) -> list[str]:
-        return s3lib.list_children(self.s3, self.uri.join(place))
+    def _listing(self, place: str, name: str) -> dict[str, tuple[int, str]]:
+        base = self.uri.join(place, name)
+        return {o["key"][len(base.prefix):]: (o["size"], o["etag"]) for o in s3lib.list_objects(self.s3, base)
+                if not o["key"].endswith("/")}
+
+    def snapshot(self, name: str) -> Snapshot:
+        where = f"{self}/{INCOMING}/{name}"
+        return Snapshot(name, tuple((safe_rel(r, where), s, e) for r, (s, e) in self._listing(INCOMING, name).items()))
+
+    def _key(self, place: str, name: str, rel: str) -> str:
+        return self.uri.join(place, name).prefix + rel
+
+    def fetch(self, snap: Snapshot, dest: Path) -> int:
+        """Download into `dest` (whole or not at all); each file retried on its own."""
+        with atomic_dir(dest) as tmp:
+            for rel, size, _ in snap.files:
+                s3lib.download(self.s3, self.uri.bucket, self._key(INCOMING, snap.name, rel), tmp / rel, size,
+                               self.attempts)
+        return len(snap.files)
+
+    def moved_to(self, snap: Snapshot, place: str) -> bool:
+        """Every file of the snapshot is at `place` (same size; same ETag unless a multipart one)."""
+        there = self._listing(place, snap.name)
+
+        def same(rel: str, size: int, etag: str) -> bool:
+            s, e = there.get(rel, (None, ""))
+            return s == size and (e == etag or "-" in e + etag)
+
+        return bool(snap.files) and all(same(*f) for f in snap.files)
+
+    def _move(self, snap: Snapshot, place: str) -> str:
+        dst = self.uri.join(place, snap.name)
+        s3lib.delete_keys(self.s3, self.uri.bucket, [o["key"] for o in s3lib.list_objects(self.s3, dst)])
+        s3lib.copy_keys(self.s3, self.uri.bucket, [(self._key(INCOMING, snap.name, r), dst.prefix + r)
+                                                   for r, _, _ in snap.files], self.attempts)
+        self.finish_move(snap)
+        return str(dst).rstrip("/")
+
+    def finish_move(self, snap: Snapshot) -> None:
+        s3lib.delete_keys(self.s3, self.uri.bucket, [self._key(INCOMING, snap.name, r) for r, _, _ in snap.files])
+
+    def quarantine(self, snap: Snapshot, report: Path) -> str:
+        s3lib.upload_dir(self.s3, report, self.uri.join(QUARANTINE, f"{snap.name}{REPORT_SUFFIX}"), self.attempts)
+        return self._move(snap, QUARANTINE)
+
+    def accept(self, snap: Snapshot) -> str:
+        return self._move(snap, ACCEPTED)
 
     def deliver(self, folder: Path, name: str) -> int:
-        """Upload a drop into incoming/ (an ingestion running meanwhile could see part of it: it would
-        quarantine that part, nothing is lost; upload between scheduled runs)."""
+        """Upload a drop into incoming/, never over a waiting drop of that name. A run listing the drop
+        while it uploads takes only what it listed (and the rest waits as a clashing name): upload
+        between runs."""
+        if self._listing(INCOMING, name):
+            raise WsssError(f"{self}/{INCOMING}/{name}: a drop of that name is waiting; pick another name")
         return s3lib.upload_dir(self.s3, Path(folder), self.uri.join(INCOMING, name), self.attempts)
-
-    def fingerprint(self, name: str) -> str:
-        base = self.uri.join(INCOMING, name).prefix
-        return _digest([f"{o['key'][len(base):]} {o['size']} {o['etag']}" for o in self._objects(name)])
-
-    def fetch(self, name: str, dest: Path) -> int:
-        """Download into `dest` (whole or not at all); each file retried on its own."""
-        base = self.uri.join(INCOMING, name).prefix
-        objects = [o for o in self._objects(name) if not o["key"].endswith("/")]
-        with atomic_dir(dest) as tmp:
-            for o in objects:
-                rel = o["key"][len(base):]
-                if ".." in rel.split("/"):
-                    raise WsssError(f"s3://{self.uri.bucket}/{o['key']}: key escapes its drop")
-                s3lib.download(self.s3, self.uri.bucket, o["key"], tmp / rel, o["size"], self.attempts)
-        return len(objects)
-
-    def quarantine(self, name: str, report: Path) -> str:
-        s3lib.upload_dir(self.s3, report, self.uri.join(QUARANTINE, f"{name}.report"), self.attempts)
-        dst = self.uri.join(QUARANTINE, name)
-        s3lib.move_prefix(self.s3, self.uri.join(INCOMING, name), dst, self.attempts)
-        return str(dst)
-
-    def accept(self, name: str) -> str:
-        dst = self.uri.join(ACCEPTED, name)
-        s3lib.move_prefix(self.s3, self.uri.join(INCOMING, name), dst, self.attempts)
-        return str(dst)
 
 
 def open_area(spec: str, endpoint_url: str | None = None, attempts: int = 4, s3=None):
@@ -146,3 +219,11 @@ def open_area(spec: str, endpoint_url: str | None = None, attempts: int = 4, s3=
     if spec.startswith("s3://"):
         return S3DropArea(spec, s3=s3, endpoint_url=endpoint_url, attempts=attempts)
     return LocalDropArea(spec)
+
+
+def area_from(settings, spec: str | None = None):
+    """The drop area to use: `spec`, else `ops.drops`, else $WSSS_DROPS; None when none is set."""
+    import os
+
+    spec = spec or settings.ops.drops or os.environ.get("WSSS_DROPS")
+    return open_area(spec, settings.ops.endpoint_url, settings.ops.retries) if spec else None

@@ -304,8 +304,9 @@ def _start_servers(stack: _Stack, ports: dict[str, int], endpoint: str) -> None:
 
 
 def _start_worker(stack: _Stack) -> None:
-    created = stack.prefect("work-pool", "create", POOL, "--type", "process", "--base-job-template",
-                            str(stack.root / POOL_TEMPLATE), log="work-pool")
+    template = stack.root / POOL_TEMPLATE
+    created = stack.prefect("work-pool", "create", POOL, "--type", "process",
+                            *(["--base-job-template", str(template)] if template.is_file() else []), log="work-pool")
     text = (stack.root / stack.log("work-pool")).read_text(errors="replace")
     if created.returncode and "already exists" not in text:
         raise InfraError(f"prefect work-pool create {POOL} failed (exit {created.returncode}): see {stack.log('work-pool')}")

@@ -2,15 +2,17 @@
 then merge it into the DVC-tracked dataset or quarantine it with its report.
 
 Safety, in order of the steps:
-- a drop is fetched whole into a staging folder or not at all (S3 transfers retried file by file);
+- a drop is listed once (`Snapshot`) and fetched whole into a staging folder or not at all (S3 transfers
+  retried file by file);
 - validation reads only the staged copy and writes only `reports/drops/<drop>/`: a refused drop never
-  touches the dataset;
+  touches the dataset; images the dataset (or an earlier drop of this run) already has are refused;
 - a good drop is renamed into `<data.root>/<data.drops>/<drop>/` (complete or absent), then one
-  `dvc add <data.root>` versions every drop merged in this run; if that fails or is interrupted, the
-  merged folders are removed again, so the dataset is as it was;
-- only then does a drop leave `incoming/` (copy, then delete);
+  `dvc add <data.root>` versions every drop merged in this run. Any failure or interrupt before that
+  version exists takes this run's merges back out and restores the `.dvc` file: the dataset is as it was;
+- only then does a drop leave `incoming/` (copy, then delete); a move cut short is finished by the next run;
 - the same drop delivered again (same fingerprint) is recognised as merged and just archived; a different
   drop under a merged drop's name is refused with a line saying so, and stays in `incoming/`.
+The caller holds the workspace lock (`wsss.ops.lock`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from wsss.data.drops import RECORD, drop_dirs, read_record
 from wsss.errors import WsssError
 from wsss.io import atomic_dir, write_json
 from wsss.ops import commands
+from wsss.ops.drops import ACCEPTED, QUARANTINE, Snapshot
 from wsss.settings import Settings
+from wsss.validation.run import DROPS_REPORT_ROOT
 
 STAGING = Path(".wsss/staging")
 
@@ -35,7 +39,7 @@ STAGING = Path(".wsss/staging")
 @dataclass
 class Outcome:
     drop: str
-    status: str  # merged | already merged | quarantined | error
+    status: str  # merged | already merged | already processed | quarantined | error
     detail: str
     images: int = 0
 
@@ -43,7 +47,7 @@ class Outcome:
         return f"drop {self.drop}: {self.status}" + (f" ({self.detail})" if self.detail else "")
 
 
-class Dataset:
+class TrackedDataset:
     """The DVC-tracked dataset drops merge into: `data.root`, tracked by `<data.root>.dvc`."""
 
     def __init__(self, settings: Settings, project: Path):
@@ -58,9 +62,9 @@ class Dataset:
                             f"the toy world cannot take drops; README: Operations)")
         self.drops_dir = self.root / settings.data.drops
 
-    def merged(self) -> dict[str, str]:
-        """{drop name: fingerprint} of the drops already in the dataset."""
-        return {d.name: read_record(d).get("fingerprint", "") for d in drop_dirs(self.root, self.settings.data.drops)}
+    def merged(self) -> dict[str, dict]:
+        """{drop name: its record} for the drops already in the dataset."""
+        return {d.name: read_record(d) for d in drop_dirs(self.root, self.settings.data.drops)}
 
     def vocabulary(self):
         """The dataset's classes: the prepared manifest's, else read from the base dataset."""
@@ -74,12 +78,12 @@ class Dataset:
             return read_dataset_source(self.root, format=data.format, classes=data.classes, splits=data.splits,
                                        labels=data.labels).vocab
 
-    def known_content(self) -> set[str]:
-        """SHA-256 of the images the dataset has (from the last `prepare` validation table, when there)."""
+    def known_content(self, merged: dict[str, dict]) -> set[str]:
+        """SHA-256 of the images the dataset has: the last `prepare` validation table, plus every merged
+        drop's (recorded at merge time, so a drop merged since the last `prepare` counts too)."""
         table = self.project / self.settings.validation.report_dir / "images.csv"
-        if not table.is_file():
-            return set()
-        return set(pd.read_csv(table, usecols=["sha256"], dtype=str)["sha256"].dropna())
+        known = set(pd.read_csv(table, usecols=["sha256"], dtype=str)["sha256"].dropna()) if table.is_file() else set()
+        return known.union(*(set(r.get("sha256", [])) for r in merged.values()))
 
     def merge(self, name: str, staged: Path, record: dict) -> Path:
         """Rename a validated drop into the dataset (whole or not at all)."""
@@ -89,21 +93,15 @@ class Dataset:
             write_json(tmp / RECORD, record)
         return target
 
-    def version(self, names: list[str], new: list[str], log) -> None:
-        """`dvc add` the root: one new dataset version. Failed or interrupted, the drops merged in this run
-        (`new`) are taken out again and the .dvc file restored: the dataset is as it was."""
+    def version(self, log) -> bool:
+        """`dvc add` the root: one new dataset version; True when the `.dvc` file changed."""
         before = self.dvc_file.read_bytes()
-        try:
-            commands.dvc("add", self.settings.data.root, cwd=self.project, log=log)
-        except BaseException:
-            for name in new:
-                shutil.rmtree(self.drops_dir / name, ignore_errors=True)
-            self.dvc_file.write_bytes(before)
-            raise
+        commands.dvc("add", self.settings.data.root, cwd=self.project, log=log)
+        return self.dvc_file.read_bytes() != before
 
     def publish(self, names: list[str], log) -> list[str]:
-        """`dvc push` the new version and git-commit its .dvc file; returns warnings (the data is versioned
-        locally either way; the flow's final `dvc push` tries again)."""
+        """`dvc push` the new version, git-commit its .dvc file (and push it with `ops.git_sync`); returns
+        warnings: the data is versioned locally either way, the flow's final `dvc push` tries again."""
         ops, warnings = self.settings.ops, []
         rel = self.dvc_file.relative_to(self.project).as_posix()
         paths = [rel] + [p for p in [(Path(rel).parent / ".gitignore").as_posix()] if (self.project / p).exists()]
@@ -114,6 +112,8 @@ class Dataset:
             steps += [lambda: commands.run(["git", "add", *paths], self.project, "git add"),
                       lambda: commands.run(["git", "commit", "-m", f"data: merge drop(s) {', '.join(names)}", "--",
                                             *paths], self.project, "git commit", log=log)]
+            if ops.git_sync:
+                steps.append(lambda: commands.run(["git", "push"], self.project, "git push", log=log))
         for step in steps:
             try:
                 step()
@@ -130,79 +130,93 @@ def ingest(area, settings: Settings, project: Path, log: Callable[[str], None] =
     log(f"{len(names)} new drop(s) in {area}" + (f": {', '.join(names)}" if names else ""))
     if not names:
         return []
-    dataset = Dataset(settings, project)  # checked only when there is something to merge
-    merged, vocab, known = dataset.merged(), dataset.vocabulary(), dataset.known_content()
-    outcomes, fresh = [], []
-    for name in names:
-        try:
-            outcome = _one(area, name, dataset, merged, vocab, known, settings, project, log)
-        except WsssError as e:  # S3 or file trouble: the drop stays in incoming/ for the next run
-            outcome = Outcome(name, "error", f"{e}; left in incoming/, retried next run")
-        if outcome.status in ("merged", "already merged"):
-            fresh.append(outcome)
-        outcomes.append(outcome)
-        log(outcome.line())
-    if fresh:
-        _version_and_archive(area, dataset, fresh, [o for o in fresh if o.status == "merged"], log)
+    dataset = TrackedDataset(settings, project)  # checked only when there is something to merge
+    merged = dataset.merged()
+    vocab, known = dataset.vocabulary(), dataset.known_content(merged)
+    outcomes, snaps = [], {}
+    before = dataset.dvc_file.read_bytes()
+    try:
+        for name in names:
+            try:
+                snaps[name] = area.snapshot(name)
+                outcome = _one(area, snaps[name], dataset, merged, vocab, known, settings, project, log)
+            except WsssError as e:  # S3 or file trouble: the drop stays in incoming/ for the next run
+                outcome = Outcome(name, "error", f"{e}; left in incoming/, retried next run")
+            outcomes.append(outcome)
+            log(outcome.line())
+        fresh = [o for o in outcomes if o.status in ("merged", "already merged")]
+        changed = dataset.version(log) if fresh else False
+    except BaseException as e:  # no version made: take this run's merges back out
+        for o in outcomes:
+            if o.status == "merged":
+                shutil.rmtree(dataset.drops_dir / o.drop, ignore_errors=True)
+        dataset.dvc_file.write_bytes(before)
+        if not isinstance(e, WsssError):
+            raise
+        for o in outcomes:
+            if o.status in ("merged", "already merged"):
+                o.status, o.detail = "error", f"not versioned ({e}); dataset left as it was, retried next run"
+        return outcomes
+    _publish_and_archive(area, dataset, fresh, snaps, changed, log)
     return outcomes
 
 
-def _one(area, name, dataset: Dataset, merged, vocab, known, settings, project, log) -> Outcome:
-    fingerprint = area.fingerprint(name)
+def _one(area, snap: Snapshot, dataset: TrackedDataset, merged, vocab, known: set, settings, project, log) -> Outcome:
+    name = snap.name
+    for place in (ACCEPTED, QUARANTINE):  # a move cut short: its copy is complete, finish it
+        if area.moved_to(snap, place):
+            area.finish_move(snap)
+            return Outcome(name, "already processed", f"same content as {place}/{name}: removed from incoming/")
     if name in merged:
-        if merged[name] == fingerprint:
-            return Outcome(name, "already merged", "same content: archived, dataset unchanged")
+        if merged[name].get("fingerprint") == snap.fingerprint:
+            return Outcome(name, "already merged", "same content: dataset unchanged")
         return Outcome(name, "error", f"a different drop named {name} is already merged; rename this one")
     staged = project / STAGING / name
     try:
-        files = area.fetch(name, staged)
+        files = area.fetch(snap, staged)
         log(f"drop {name}: fetched {files} file(s) from {area}")
-        result, report = _validate(staged, name, vocab, known, settings, project, f"{area}/incoming/{name}")
-        if not result["success"]:
-            where = area.quarantine(name, report)
-            return Outcome(name, "quarantined", f"{len(result['verdicts'])} failed check(s): "
-                           f"{'; '.join(result['verdicts'])}; moved to {where} with its report")
-        record = {"name": name, "source": str(area), "fingerprint": fingerprint, "format": settings.ops.drop_format,
-                  "images": result["images"], "merged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        summary, table, report = _validate(staged, name, vocab, known, settings, project, f"{area}/incoming/{name}")
+        if not summary["success"]:
+            where = area.quarantine(snap, report)
+            return Outcome(name, "quarantined", f"{len(summary['verdicts'])} failed check(s): "
+                           f"{'; '.join(summary['verdicts'])}; moved to {where} with its report")
+        hashes = sorted(table["sha256"].dropna())
+        known.update(hashes)  # a later drop of this run repeating these images is refused
+        record = {"name": name, "source": str(area), "fingerprint": snap.fingerprint, "format": settings.ops.drop_format,
+                  "images": summary["images"], "sha256": hashes,
+                  "merged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         dataset.merge(name, staged, record)
-        return Outcome(name, "merged", f"{result['images']} images", result["images"])
+        return Outcome(name, "merged", f"{summary['images']} images", summary["images"])
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def _validate(staged: Path, name: str, vocab, known, settings: Settings, project: Path,
-              source: str) -> tuple[dict, Path]:
-    """The drop's validation summary and report folder; a drop that cannot even be read fails with that line."""
-    from wsss.data.readers import read_dataset_source
-    from wsss.validation import validate_dataset
+def _validate(staged: Path, name: str, vocab, known, settings: Settings, project: Path, source: str):
+    """(summary, image table or None, report folder); a drop that cannot even be read fails with that line."""
+    from wsss.validation import validate_drop
 
-    report = project / "reports" / "drops" / name
+    report = project / DROPS_REPORT_ROOT / name
+    rules = settings.validation
     try:
-        ds = read_dataset_source(staged, format=settings.ops.drop_format, classes=vocab)
+        result = validate_drop(staged, format=settings.ops.drop_format, classes=vocab, report_dir=report,
+                               max_pixels=rules.max_pixels, min_side=rules.min_side, known_content=known)
     except WsssError as e:
         reason = str(e).replace(str(staged), source)  # name the drop where its owner sees it, not our staging copy
         summary = {"dataset": name, "success": False, "images": 0, "verdicts": [f"FAIL drop is readable: {reason}"]}
         shutil.rmtree(report, ignore_errors=True)
         write_json(report / "summary.json", summary)
-        return summary, report
-    rules = settings.validation
-    result = validate_dataset(ds, report, max_pixels=rules.max_pixels, min_side=rules.min_side, known_content=known)
-    return result.summary, report
+        return summary, None, report
+    return result.summary, result.table, report
 
 
-def _version_and_archive(area, dataset: Dataset, fresh: list[Outcome], new: list[Outcome], log) -> None:
-    """One dataset version for this run's drops, pushed and committed, then the drops are archived."""
-    try:
-        dataset.version([o.drop for o in fresh], [o.drop for o in new], log)
-    except WsssError as e:
-        for o in fresh:
-            o.status, o.detail = "error", f"not versioned ({e}); dataset left as it was, retried next run"
-        return
-    for warning in dataset.publish([o.drop for o in fresh], log):
-        for o in fresh:
-            o.detail += f"; warning: {warning}"
+def _publish_and_archive(area, dataset: TrackedDataset, fresh: list[Outcome], snaps: dict, changed: bool, log) -> None:
+    """Push and commit the new version (when there is one), then archive the drops to accepted/."""
+    if changed:
+        for warning in dataset.publish([o.drop for o in fresh], log):
+            for o in fresh:
+                o.detail += f"; warning: {warning}"
     for o in fresh:
         try:
-            o.detail += f"; archived to {area.accept(o.drop)}"
+            o.detail += f"; archived to {area.accept(snaps[o.drop])}"
         except WsssError as e:
             o.detail += f"; merged, but archiving failed ({e}): the next run archives it"

@@ -137,19 +137,23 @@ def upload_dir(s3, src: Path, uri: S3Uri, attempts: int = 4) -> int:
     return len(files)
 
 
-def move_prefix(s3, src: S3Uri, dst: S3Uri, attempts: int = 4) -> int:
-    """Copy every object of `src` under `dst`, then delete the originals: an interruption leaves the
-    objects in both places (never in neither). Returns the number of objects moved."""
-    objects = list_objects(s3, src)
-    for o in objects:
-        key = dst.prefix + o["key"][len(src.prefix):]
-        retrying(lambda: s3.copy_object(Bucket=dst.bucket, Key=key, CopySource={"Bucket": src.bucket, "Key": o["key"]}),
-                 f"copying s3://{src.bucket}/{o['key']} to s3://{dst.bucket}/{key}", attempts)
-    for i in range(0, len(objects), 1000):
-        batch = [{"Key": o["key"]} for o in objects[i:i + 1000]]
-        with s3_errors(f"deleting {src}"):
-            s3.delete_objects(Bucket=src.bucket, Delete={"Objects": batch, "Quiet": True})
-    return len(objects)
+def copy_keys(s3, bucket: str, pairs: list[tuple[str, str]], attempts: int = 4) -> None:
+    """Server-side copy of each (source key, destination key) in the bucket."""
+    for src, dst in pairs:
+        retrying(lambda: s3.copy_object(Bucket=bucket, Key=dst, CopySource={"Bucket": bucket, "Key": src}),
+                 f"copying s3://{bucket}/{src} to s3://{bucket}/{dst}", attempts)
+
+
+def delete_keys(s3, bucket: str, keys: list[str]) -> None:
+    """Delete exactly these keys; a key S3 could not delete is an error (a quiet batch still lists them)."""
+    for i in range(0, len(keys), 1000):
+        batch = [{"Key": k} for k in keys[i:i + 1000]]
+        with s3_errors(f"deleting from s3://{bucket}"):
+            errors = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors", [])
+        if errors:
+            e = errors[0]
+            raise S3Error(f"deleting s3://{bucket}/{e.get('Key')}: {e.get('Code')} {e.get('Message', '')} "
+                          f"({len(errors)} key(s) not deleted)".rstrip())
 
 
 def ensure_bucket(s3, bucket: str) -> bool:

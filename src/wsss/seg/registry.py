@@ -88,3 +88,17 @@ def log_and_gate(run, segmenter_file: str | Path, classes: list[str], val_miou: 
                      **({"registry.champion_miou": champion_miou} if champion_miou not in (None, -math.inf) else {})})
     run.set_tags({"registry.model": name, "registry.version": version, "registry.decision": decision.message()})
     return decision
+
+
+def gate_summary(client, experiment: str, name: str, since_ms: int) -> str:
+    """One line: the gate decision of the latest `evaluate` run started since `since_ms` (epoch ms), and
+    the champion now; says so when no evaluation ran (nothing changed)."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {since_ms} and "
+                              "tags.`dvc.stage` = 'evaluate'", order_by=["attributes.start_time DESC"],
+                              max_results=1) if exp else []
+    version, miou = current_champion(client, name)
+    champion = f"{name}@{CHAMPION} = version {version} (val mIoU {miou:.4f})" if version else f"{name}: no {CHAMPION} yet"
+    if not runs or "registry.decision" not in runs[0].data.tags:
+        return f"no new model evaluated in this run (nothing changed); {champion}"
+    return f"{runs[0].data.tags['registry.decision']}; {champion}"

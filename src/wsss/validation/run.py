@@ -60,7 +60,7 @@ def default_report_dir(path: str | Path) -> Path:
 
 def validate_drop(path: str | Path, *, format: str = "auto", classes=None, labels: str | Path | None = None,
                   splits=None, report_dir: str | Path | None = None, max_pixels: int | None = None,
-                  min_side: int | None = None, workers: int = 4) -> ValidationResult:
+                  min_side: int | None = None, known_content=None, workers: int = 4) -> ValidationResult:
     """Read the dataset drop at `path` and validate it: the one entry point of `wsss validate` and the
     `validate-drop` flow. `classes`/`labels` files: relative paths are looked up in the current
     directory, then in the drop (`find_user_file`). The report goes to `report_dir`, by default
@@ -73,7 +73,8 @@ def validate_drop(path: str | Path, *, format: str = "auto", classes=None, label
     ds = read_dataset_source(path, format=format, classes=classes, splits=splits, labels=labels)
     return validate_dataset(ds, default_report_dir(path) if report_dir is None else report_dir,
                             max_pixels=limits.max_pixels if max_pixels is None else max_pixels,
-                            min_side=limits.min_side if min_side is None else min_side, workers=workers)
+                            min_side=limits.min_side if min_side is None else min_side,
+                            known_content=known_content, workers=workers)
 
 
 def _quiet_gx() -> None:
