@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import typer
 
 from wsss.errors import WsssError
+from wsss.io import write_json, write_text
 from wsss.ops.s3 import S3Uri, client, endpoint_from_env, ensure_bucket, s3_errors
 from wsss.prefect_env import DEFAULTS as PREFECT_DEFAULTS
 from wsss.prefect_env import stop_process
@@ -84,11 +85,8 @@ def s3_env(base: S3Uri, endpoint_url: str | None) -> dict[str, str]:
 
 def write_env(path: Path, values: dict[str, str], header: str, unset: tuple[str, ...] = ()) -> None:
     """A file to `source`; replaced whole, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"# {header}\n" + (f"unset {' '.join(unset)}\n" if unset else "")
-                   + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
-    os.replace(tmp, path)
+    write_text(path, f"# {header}\n" + (f"unset {' '.join(unset)}\n" if unset else "")
+               + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
 
 
 def s3_init(root: Path, bucket: str, endpoint_url: str | None = None, prefix: str = "wsss",
@@ -145,9 +143,7 @@ def _read_pids(dev: Path) -> dict[str, dict]:
 
 
 def _write_pids(dev: Path, pids: dict[str, dict]) -> None:
-    tmp = dev / "pids.json.tmp"
-    tmp.write_text(json.dumps(pids, indent=1))
-    os.replace(tmp, dev / "pids.json")
+    write_json(dev / "pids.json", pids)
 
 
 def _started(pid: int) -> float | None:
