@@ -128,3 +128,35 @@ def test_flow_runs_and_cli_lists_agree_with_server(prefect_server):
     assert RUN_NAME in outputs["flow-run ls"], outputs["flow-run ls"]
     assert "COMPLETED" in outputs["flow-run ls"], outputs["flow-run ls"]
     assert "cli-probe" in outputs["flow ls"], outputs["flow ls"]
+
+
+SCHEDULED = """
+import time
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.schedules import CronSchedule
+
+with get_client(sync_client=True) as client:
+    flow_id = client.create_flow_from_name("cron-probe")
+    deployment_id = client.create_deployment(flow_id, "every-minute", entrypoint="probe.py:probe",
+        schedules=[DeploymentScheduleCreate(schedule=CronSchedule(cron="* * * * *"), active=True)])
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id]
+        if runs:
+            print(len(runs), "auto_scheduled" if all(r.auto_scheduled for r in runs) else "manual",
+                  sorted({r.state_name for r in runs}))
+            break
+        time.sleep(2)
+    else:
+        print("no scheduled run within 90 s")
+"""
+
+
+def test_the_server_creates_the_runs_of_a_cron_schedule(prefect_server):
+    """The scheduler service itself (it failed on SQLAlchemy 2.1: no schedule ever fired)."""
+    res = subprocess.run([sys.executable, "-c", SCHEDULED], env=prefect_server["env"], capture_output=True,
+                         text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "auto_scheduled ['Scheduled']" in res.stdout, res.stdout + prefect_server["log"].read_text()[-3000:]
+    assert "bulk DML" not in prefect_server["log"].read_text()
