@@ -47,7 +47,7 @@ def _child_env() -> dict:
     return env
 
 
-@task(name="fetch data")
+@task(name="fetch data", retries=2, retry_delay_seconds=20)  # idempotent: a flaky remote gets two more tries
 def fetch_data(project: Path, settings: Settings) -> str:
     if not settings.ops.pull:
         return "skipped (ops.pull false)"
@@ -83,7 +83,7 @@ def experiment(project: Path, name: str, set_params: list[str]) -> dict:
     return json.loads(metrics.read_text()) if metrics.is_file() else {}
 
 
-@task(name="push")
+@task(name="push", retries=2, retry_delay_seconds=20)
 def push(project: Path, settings: Settings) -> str:
     if not settings.ops.push:
         return "skipped (ops.push false)"
@@ -111,7 +111,8 @@ def retrain(drops: str | None = None, set_params: list[str] | None = None):
     project = project_root()
     with workspace_lock(project) as mine:
         if not mine:
-            return Cancelled(message=f"another retrain holds {project / LOCK}: skipped, nothing ran")
+            return Cancelled(message=f"another retrain or `wsss drops ingest` holds {project / LOCK}: "
+                                     "skipped, nothing ran")
         try:
             settings = load_settings()
         except WsssError as e:

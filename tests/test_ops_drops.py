@@ -276,3 +276,24 @@ def test_drop_names_that_could_escape_are_not_drops(tmp_path):
     for rel in ("/etc/passwd", "a//b", "../x", "a/./b", ""):
         with pytest.raises(WsssError, match="would leave its drop folder"):
             safe_rel(rel, "d")
+
+
+def test_a_version_stopped_before_its_commit_is_committed_by_the_next_run(world, monkeypatch):
+    from wsss.ops.ingest import TrackedDataset
+
+    project, area = world
+    make_drop(area / "incoming/good", 500)
+    real = TrackedDataset.publish
+
+    def stopped(self, names, log):
+        raise KeyboardInterrupt  # after `dvc add`, before push and commit
+
+    monkeypatch.setattr(TrackedDataset, "publish", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    monkeypatch.setattr(TrackedDataset, "publish", real)
+    [o] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert o.status == "already merged" and "archived to" in o.detail
+    log = subprocess.run(["git", "log", "--format=%s", "-1", "--", "data/raw/base.dvc"], cwd=project,
+                         capture_output=True, text=True).stdout
+    assert log.strip() == "data: merge drop(s) good"

@@ -111,7 +111,7 @@ def test_a_second_retrain_in_the_same_workspace_is_skipped(prefect_harness, tmp_
     with workspace_lock(tmp_path) as mine:
         assert mine
         state = retrain(return_state=True)
-    assert state.is_cancelled() and "another retrain holds" in state.message
+    assert state.is_cancelled() and "another retrain or `wsss drops ingest` holds" in state.message
 
 
 def run(*cmd, cwd, env):

@@ -99,6 +99,17 @@ class TrackedDataset:
         commands.dvc("add", self.settings.data.root, cwd=self.project, log=log)
         return self.dvc_file.read_bytes() != before
 
+    def uncommitted(self) -> bool:
+        """The `.dvc` file differs from git's HEAD (a version made by a run stopped before its commit)."""
+        if not self.settings.ops.commit or not (self.project / ".git").exists():
+            return False
+        rel = self.dvc_file.relative_to(self.project).as_posix()
+        try:
+            commands.run(["git", "diff", "--quiet", "HEAD", "--", rel], self.project, "git diff")
+            return False
+        except commands.CommandError:
+            return True
+
     def publish(self, names: list[str], log) -> list[str]:
         """`dvc push` the new version, git-commit its .dvc file (and push it with `ops.git_sync`); returns
         warnings: the data is versioned locally either way, the flow's final `dvc push` tries again."""
@@ -211,7 +222,7 @@ def _validate(staged: Path, name: str, vocab, known, settings: Settings, project
 
 def _publish_and_archive(area, dataset: TrackedDataset, fresh: list[Outcome], snaps: dict, changed: bool, log) -> None:
     """Push and commit the new version (when there is one), then archive the drops to accepted/."""
-    if changed:
+    if changed or dataset.uncommitted():
         for warning in dataset.publish([o.drop for o in fresh], log):
             for o in fresh:
                 o.detail += f"; warning: {warning}"
