@@ -157,10 +157,9 @@ def ingest(area, settings: Settings, project: Path, log: Callable[[str], None] =
             log(outcome.line())
         fresh = [o for o in outcomes if o.status in ("merged", "already merged")]
         changed = dataset.version(log) if fresh else False
-    except BaseException as e:  # no version made: take this run's merges back out
-        for o in outcomes:
-            if o.status == "merged":
-                shutil.rmtree(dataset.drops_dir / o.drop, ignore_errors=True)
+    except BaseException as e:  # no version made: take this run's merges back out (all it could have made)
+        for name in set(names) - set(merged):
+            shutil.rmtree(dataset.drops_dir / name, ignore_errors=True)
         dataset.dvc_file.write_bytes(before)
         if not isinstance(e, WsssError):
             raise
