@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from wsss.errors import WsssError
 
@@ -39,14 +39,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL this child when the process that started it dies (Linux; elsewhere a no-op)."""
+def _load_libc():
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_LIBC = _load_libc()  # loaded here, never in a forked child (no locks taken between fork and exec)
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A preexec_fn: the child gets `sig` when the process that started it dies (Linux PR_SET_PDEATHSIG;
+    elsewhere a no-op), so no child outlives a killed parent."""
+    def set_parent_death_signal() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(1, sig)
+
+    return set_parent_death_signal
 
 
 def launch_api_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
@@ -59,7 +71,7 @@ def launch_api_server(port: int | None = None) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-        env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent())
     return proc, f"http://127.0.0.1:{port}/api"
 
 

@@ -10,29 +10,15 @@ from pathlib import Path
 from typing import Callable
 
 from wsss.errors import WsssError
+from wsss.prefect_env import die_with_parent
 
 
 class CommandError(WsssError):
     """A tool the flow ran failed: names the step, the exit code and the tool's last error line."""
 
 
-def _load_libc():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-_LIBC = _load_libc()  # loaded here, not in the forked child (no locks taken between fork and exec)
-
-
-def _term_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when its parent dies (Linux), so a cancelled flow stops its `dvc`;
-    SIGTERM, not SIGKILL: the stages end their MLflow runs and keep finished outputs."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# SIGTERM, not SIGKILL, when the flow dies: the stages end their MLflow runs and keep finished outputs
+_TERM_WITH_PARENT = die_with_parent(signal.SIGTERM)
 
 
 def run(cmd: list[str], cwd: str | Path, what: str, log: Callable[[str], None] | None = None,
@@ -40,7 +26,7 @@ def run(cmd: list[str], cwd: str | Path, what: str, log: Callable[[str], None] |
     """Run `cmd`, each output line to `log`; return the output. Ctrl-C/SIGTERM reach the child (same
     process group), which is waited for; a failure raises CommandError."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, preexec_fn=_term_with_parent)
+                            stdin=subprocess.DEVNULL, preexec_fn=_TERM_WITH_PARENT)
     lines: list[str] = []
     try:
         for line in proc.stdout:
