@@ -26,10 +26,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from wsss.cam.caa import attention_affinity, box_masks, caa_refine  # noqa: E402
 from wsss.cam.engine import upsample  # noqa: E402
-from wsss.cam.factory import build_cam_engine  # noqa: E402
 from wsss.data.images import load_rgb  # noqa: E402
 from wsss.data.manifest import read_dataset  # noqa: E402
 from wsss.data.palette import load_mask  # noqa: E402
+from wsss.prompts.background import cam_engine  # noqa: E402
 from wsss.settings import load_settings  # noqa: E402
 from wsss.toyworld.captions import read_facts  # noqa: E402
 
@@ -46,7 +46,7 @@ def main() -> None:
     settings = load_settings(REPO / "params.yaml")
     settings = replace(settings, text=replace(settings.text, background_prompts="words"))
     ds = read_dataset(REPO / settings.data.prepared).split("train")
-    engine = build_cam_engine(settings, ds.vocab)
+    engine = cam_engine(settings, ds.vocab)
     target = ds.vocab.names.index(name) + 1
     counts = {k: np.zeros(3) for k in ("GradCAM", "CAA", "oracle seed", "CAA on the oracle seed")}
     images = 0

@@ -30,12 +30,12 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from wsss.cam.factory import build_cam_engine  # noqa: E402
 from wsss.cam.store import CamRecord  # noqa: E402
 from wsss.data.images import load_rgb  # noqa: E402
 from wsss.data.palette import load_mask  # noqa: E402
 from wsss.masks.export import export_mask, mask_params  # noqa: E402
 from wsss.metrics.confusion import ConfusionMatrix  # noqa: E402
+from wsss.prompts.background import cam_engine  # noqa: E402
 from wsss.prompts.run import learn_prompts, training_split  # noqa: E402
 from wsss.settings import load_settings  # noqa: E402
 from wsss.toyworld.captions import read_facts  # noqa: E402
@@ -46,7 +46,7 @@ LEVELS = ("CAM", "CAA", "CRF")
 
 def score(settings, ds, variant: str, planted: dict[str, str], limit: int | None) -> dict:
     """Per level: mIoU, per-class IoU and each planted class's IoU at home / elsewhere (in %)."""
-    engine = build_cam_engine(replace(settings, text=replace(settings.text, background_prompts=variant)), ds.vocab)
+    engine = cam_engine(replace(settings, text=replace(settings.text, background_prompts=variant)), ds.vocab)
     mp = mask_params(settings.masks)
     names = ["background", *ds.vocab.names]
     cms = {level: ConfusionMatrix(len(names)) for level in LEVELS}

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from wsss.data.manifest import read_dataset  # noqa: E402
+from wsss.metrics.headline import PSEUDO_METRICS  # noqa: E402
 from wsss.seg.infer import evaluate_segmenter, load_segmenter  # noqa: E402
 from wsss.seg.run import SEGMENTER_FILE, train_from_settings  # noqa: E402
 from wsss.settings import load_settings  # noqa: E402
@@ -42,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     settings = load_settings(REPO / "params.yaml")
     overrides = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.overrides)}
-    pseudo = json.loads((REPO / settings.evaluate_masks.out / "metrics.json").read_text())
+    pseudo = json.loads((REPO / settings.evaluate_masks.out / PSEUDO_METRICS).read_text())["pseudo"]
     val = read_dataset(REPO / settings.data.prepared).split(settings.evaluate.split)
     rows = {"pseudo masks (CLIP-ES + learned prompts + CRF)": {"train": pseudo["train"]["miou"],
                                                                "val": pseudo["val"]["miou"]}}

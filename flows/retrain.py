@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.states import Cancelled, Failed
 
 from wsss.errors import WsssError
+from wsss.metrics.headline import SEG_METRICS, seg_summary
 from wsss.ops import commands
 from wsss.ops.ingest import Outcome
 from wsss.ops.lock import LOCK, workspace_lock
@@ -79,7 +80,7 @@ def experiment(project: Path, name: str, set_params: list[str]) -> dict:
 
     args = [a for p in set_params for a in ("-S", p)]
     commands.dvc("exp", "run", "-n", name, *args, cwd=project, what=f"dvc exp run {name}", log=_log, env=_child_env())
-    metrics = project / "reports" / "metrics.json"
+    metrics = project / SEG_METRICS
     return json.loads(metrics.read_text()) if metrics.is_file() else {}
 
 
@@ -124,7 +125,7 @@ def retrain(drops: str | None = None, set_params: list[str] | None = None):
             print(f"fetch data: {fetch_data(project, settings)}")
             outcomes = ingest_drops(project, settings, drops)
             metrics = experiment(project, name, list(set_params or []))
-            print(f"experiment {name}: val mIoU {_miou(metrics)}")
+            print(f"experiment {name}: {seg_summary(metrics)}")
             print(f"push: {push(project, settings)}")
             print(f"registry gate: {gate_report(settings, since_ms)}")
         except WsssError as e:
@@ -141,11 +142,6 @@ def _tracking_reachable(settings: Settings) -> None:
     from wsss.tracking.runs import open_store
 
     open_store(settings.tracking.uri)
-
-
-def _miou(metrics: dict) -> str:
-    seg = metrics.get("segmenter", {})
-    return " / ".join(f"{k} {v['miou']:.4f}" for k, v in seg.items()) or "n/a"
 
 
 def deployment(settings: Settings | None = None):

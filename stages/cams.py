@@ -13,16 +13,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from stages.common import cam_split, main, no_retry_on_user_error, shard_runner, stage
-
-OVERLAYS = "reports/cams/overlays.png"
+from stages.common import main, no_retry_on_user_error, shard_runner, stage
 
 
 def cam_shard(ds, settings, settings_key: str, shard: int):
-    from wsss.cam.factory import build_cam_engine
     from wsss.cam.runner import compute_shard
+    from wsss.prompts.background import cam_engine
 
-    return compute_shard(ds, settings.cams.out, lambda: build_cam_engine(settings, ds.vocab, shard=shard),
+    return compute_shard(ds, settings.cams.out, lambda: cam_engine(settings, ds.vocab, shard=shard),
                          settings_key, shard, settings.cams.shards, progress=True, reuse_dir=reuse_dir(settings))
 
 
@@ -39,13 +37,14 @@ def reuse_dir(settings) -> str | None:
 def has_work(settings) -> bool:
     """A CAM file to compute (missing or stale; the scan stops at the first) or one of an image no
     longer in the manifest."""
-    from wsss.cam.factory import cam_settings_key, check_clip_source
-    from wsss.cam.runner import row_status
+    from wsss.cam.factory import check_clip_source
+    from wsss.cam.runner import cam_split, row_status
+    from wsss.prompts.background import cam_key
     from wsss.shards import orphans
 
     check_clip_source(settings.clip)
     ds = cam_split(settings)
-    key = cam_settings_key(settings)
+    key = cam_key(settings)
     return (any(not current for _, _, current in row_status(ds, settings.cams.out, key))
             or bool(orphans(settings.cams.out, set(ds.table["id"]), ".npz")))
 
@@ -56,14 +55,17 @@ def cams(settings, run) -> dict:
     """Shard the manifest, map the shards over the task runner, log throughput and overlays."""
     from prefect import task, unmapped
 
-    from wsss.cam.factory import cam_settings_key, check_clip_source
-    from wsss.shards import remove_orphans
+    from wsss.cam.factory import check_clip_source
+    from wsss.cam.runner import cam_split
+    from wsss.cam.store import OVERLAYS
     from wsss.metrics.plots import example_grid, example_rows
+    from wsss.prompts.background import cam_key
+    from wsss.shards import remove_orphans
 
     cfg = settings.cams
     check_clip_source(settings.clip)
     ds = cam_split(settings)
-    key = cam_settings_key(settings)
+    key = cam_key(settings)
     shard_task = task(cam_shard, name="cam-shard", retries=1, retry_condition_fn=no_retry_on_user_error)
     start = time.perf_counter()
     futures = shard_task.map(unmapped(ds), unmapped(settings), unmapped(key), range(cfg.shards))

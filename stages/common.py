@@ -161,15 +161,6 @@ def preload(stage: Stage, settings: Settings) -> None:
         importlib.import_module(module)
 
 
-def cam_split(settings: Settings):
-    """The prepared images of the splits the `cams` stage covers (and so `masks` and `evaluate_masks`)."""
-    from wsss.data.manifest import Dataset, read_dataset
-
-    ds = read_dataset(settings.data.prepared)
-    keep = ds.table["split"].isin(settings.cams.splits)
-    return Dataset(ds.table[keep].reset_index(drop=True), ds.vocab, ds.root, ds.name)
-
-
 def shard_runner(section: str) -> Callable[[Settings], Any]:
     """`task_runner` for per-image stages: shards map over threads by default, over a Dask cluster when
     `<section>.dask_address` names a scheduler (`local` = a LocalCluster with one worker per visible GPU,

@@ -1,7 +1,8 @@
 """DVC stage `evaluate`: the segmenter on `evaluate.split` (val), single-scale and multi-scale + flip;
-mIoU, per-class IoU / precision / recall, confusion matrix, example predictions; `reports/metrics.json`
-(DVC metrics), `reports/seg/` (tables, figures) and MLflow; then the model registry gate: the model is
-logged and registered, and `champion` moves to it only when its multi-scale val mIoU is the best so far.
+mIoU, per-class IoU / precision / recall, confusion matrix, example predictions; the headline mIoU
+single- and multi-scale in `reports/metrics.json` (DVC metrics, `wsss.metrics.headline`), every score in
+`reports/seg/` (tables, figures) and MLflow; then the model registry gate: the model is logged and
+registered, and `champion` moves to it only when its multi-scale val mIoU is the best so far.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.common import main, stage
-
-METRICS = Path("reports/metrics.json")
 
 
 @stage("evaluate", ["train", "evaluate"],
@@ -20,6 +19,7 @@ def evaluate(settings, run) -> dict:
     from wsss.data.manifest import read_dataset
     from wsss.io import atomic_dir, write_json
     from wsss.metrics.evaluate import metrics_summary, write_report
+    from wsss.metrics.headline import SEG_METRICS, seg_headline
     from wsss.seg.infer import evaluate_segmenter, load_segmenter
     from wsss.seg.registry import log_and_gate
     from wsss.seg.run import SEGMENTER_FILE
@@ -39,13 +39,13 @@ def evaluate(settings, run) -> dict:
         write_json(tmp / "per_class.json", {name: metrics_summary(r)["iou"] for name, r in results.items()})
         if kept:
             _examples(ds, kept, tmp / "examples.png")
-    write_json(METRICS, {"segmenter": metrics, "classes": len(info["classes"])})
+    write_json(SEG_METRICS, seg_headline(cfg.split, single, multi))
     for name, values in metrics.items():
         run.log_metrics({f"{name}.{k}": v for k, v in values.items()})
     run.log_metrics({f"{name}.iou.{c}": s["iou"] for name, r in results.items() for c, s in r["per_class"].items()
                      if s["iou"] is not None})
     run.log_artifact(Path(cfg.out), "seg")
-    run.log_artifact(METRICS)
+    run.log_artifact(SEG_METRICS)
     decision = log_and_gate(run, segmenter, info["classes"], multi["miou"], cfg.registered_model)
     print(f"{cfg.split}: mIoU single-scale {single['miou']:.4f}, multi-scale + flip {multi['miou']:.4f}")
     print(f"registry: {decision.message()}")

@@ -7,7 +7,7 @@ settings, or from CAMs that have since been recomputed, are redone one by one; t
 
 from __future__ import annotations
 
-from stages.common import cam_split, main, no_retry_on_user_error, shard_runner, stage
+from stages.common import main, no_retry_on_user_error, shard_runner, stage
 
 
 def mask_shard(ds, settings, shard: int) -> dict:
@@ -21,6 +21,7 @@ def mask_shard(ds, settings, shard: int) -> dict:
 def has_work(settings) -> bool:
     """A mask to write (missing or stale; the scan stops at the first) or one of an image no longer in
     the manifest."""
+    from wsss.cam.runner import cam_split
     from wsss.masks.export import mask_params, stale_masks
     from wsss.shards import orphans
 
@@ -36,6 +37,7 @@ def masks(settings, run) -> dict:
     """Export one pseudo mask per CAM file, in parallel, resumable."""
     from prefect import task, unmapped
 
+    from wsss.cam.runner import cam_split
     from wsss.shards import remove_orphans
 
     cfg = settings.masks

@@ -103,10 +103,14 @@ def test_forced_stage_with_nothing_to_do_keeps_its_outputs(repro, stage):
 def test_pseudo_mask_reports(repro):
     work, _, _ = repro
     metrics = json.loads((work / "reports/pseudo/metrics.json").read_text())
-    assert set(metrics) == {"train", "val", "ablation"}
-    assert 0 < metrics["train"]["miou"] <= 1
-    assert list(metrics["ablation"])[:9] == [f"{v}: {s}" for v in ("words", "learned", "both")
-                                             for s in ("CAM", "CAA", "CRF")]
+    assert metrics == {"pseudo": {split: {"miou": metrics["pseudo"][split]["miou"]} for split in ("train", "val")}}
+    assert 0 < metrics["pseudo"]["train"]["miou"] <= 1
+    scores = json.loads((work / "reports/pseudo/tables/train/metrics.json").read_text())
+    assert scores["miou"] == metrics["pseudo"]["train"]["miou"] and "miou_strict" in scores
+    ablation = json.loads((work / "reports/pseudo/ablation.json").read_text())
+    assert ablation["split"] == "train"
+    assert [r["setting"] for r in ablation["rows"]][:9] == [f"{v}: {s}" for v in ("words", "learned", "both")
+                                                            for s in ("CAM", "CAA", "CRF")]
     assert (work / "reports/pseudo/ablation.md").read_text().startswith("# Pseudo-mask ablation")
     for name in ("examples.png", "train_per_class_iou.png", "train_confusion.png"):
         assert (work / "reports/pseudo/plots" / name).stat().st_size > 1000
@@ -141,13 +145,15 @@ def test_segmenter_is_trained_evaluated_and_registered(repro):
     from mlflow.tracking import MlflowClient
 
     metrics = json.loads((work / "reports/metrics.json").read_text())
-    assert set(metrics["segmenter"]) == {"single_scale", "multi_scale"}
-    assert 0 <= metrics["segmenter"]["multi_scale"]["miou"] <= 1
+    assert set(metrics["seg"]["val"]) == {"miou", "miou_ms"}
+    assert 0 <= metrics["seg"]["val"]["miou_ms"] <= 1
+    multi = json.loads((work / "reports/seg/multi_scale/metrics.json").read_text())
+    assert multi["miou"] == metrics["seg"]["val"]["miou_ms"] and multi["images"] == 8
     for name in ("per_class.json", "examples.png", "multi_scale/per_class.csv", "multi_scale/confusion.png"):
         assert (work / "reports/seg" / name).is_file(), name
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     champion = client.get_model_version_by_alias("wsss-segmenter", "champion")
-    assert float(champion.tags["val_miou"]) == pytest.approx(metrics["segmenter"]["multi_scale"]["miou"])
+    assert float(champion.tags["val_miou"]) == pytest.approx(metrics["seg"]["val"]["miou_ms"])
     proc = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=work, env=env,
                           capture_output=True, text=True, timeout=120)
     assert "reports/metrics.json" in proc.stdout
@@ -166,19 +172,24 @@ def test_dvc_exp_show_compares_experiments(repro):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=work, env=env,
                            capture_output=True, text=True, timeout=300, check=True).stdout
-    metrics = {}
+    metrics, commits = {}, {}
     for commit in json.loads(shown):
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 data = rev["data"]
-                metrics[exp.get("name") or data.get("name")] = data["metrics"]["reports/pseudo/metrics.json"]["data"]
+                name = exp.get("name") or data.get("name")
+                metrics[name] = data["metrics"]["reports/pseudo/metrics.json"]["data"]
+                commits[name] = data["rev"]
     assert {"alpha3", "alpha4"} <= set(metrics), shown[:2000]
     for name, alpha in (("alpha3", "3"), ("alpha4", "4")):
-        ablation = metrics[name]["ablation"]
-        assert 0 < ablation[f"CAM α={alpha}"] <= 1 and 0 < metrics[name]["train"]["miou"] <= 1
+        ablation = json.loads(subprocess.run(["git", "show", f"{commits[name]}:reports/pseudo/ablation.json"], cwd=work,
+                                             env=env, capture_output=True, text=True, check=True).stdout)
+        miou = {r["setting"]: r["miou"] for r in ablation["rows"]}
+        assert 0 < miou[f"CAM α={alpha}"] <= 1 and 0 < metrics[name]["pseudo"]["train"]["miou"] <= 1
     table = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show"], cwd=work, env=env,
                            capture_output=True, text=True, timeout=300, check=True).stdout
-    assert "train.miou" in table and "iou" not in table.replace("miou", "")  # scalars only; per class elsewhere
+    columns = table.splitlines()[0].split()
+    assert columns == ["Path", "pseudo.train.miou", "pseudo.val.miou", "seg.val.miou", "seg.val.miou_ms"], table
 
 
 def test_prompts_stage_never_reads_ground_truth(repro):

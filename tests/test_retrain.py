@@ -177,7 +177,8 @@ def test_retrain_end_to_end_on_a_tiny_toy_world(prefect_harness, team_project):
     exps = subprocess.run([sys.executable, "-m", "dvc", "exp", "ls", "--name-only"], cwd=work, capture_output=True,
                           text=True).stdout.split()
     assert result["experiment"] in exps and result["experiment"].endswith(str(state.state_details.flow_run_id)[:8])
-    assert json.loads((work / "reports/metrics.json").read_text())["segmenter"]["multi_scale"]["images"] == 9
+    assert json.loads((work / "reports/seg/multi_scale/metrics.json").read_text())["images"] == 9
+    assert set(json.loads((work / "reports/metrics.json").read_text())["seg"]["val"]) == {"miou", "miou_ms"}
     # pushed: the dataset version and the pipeline's outputs are on the remote
     assert len(s3lib.list_objects(s3, s3lib.S3Uri("team", "dvc/"))) > pushed_before
     cloud = subprocess.run([sys.executable, "-m", "dvc", "status", "--cloud"], cwd=work, capture_output=True,

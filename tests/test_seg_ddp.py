@@ -60,7 +60,7 @@ def test_torchrun_two_processes_then_evaluate_reads_the_checkpoint(project):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert 0 <= metrics["segmenter"]["multi_scale"]["miou"] <= 1
+    assert 0 <= metrics["seg"]["val"]["miou_ms"] <= 1
     assert (project / "seg/examples.png").is_file() and (project / "seg/single_scale/confusion.json").is_file()
     assert client.get_model_version_by_alias("ddp", "champion").version in (1, "1")
     again = subprocess.run([sys.executable, "-m", "stages.train"], cwd=project, env=_env(project),

@@ -273,7 +273,7 @@ def drops_ingest(area: Optional[str] = _AREA):
 
 
 def _device(spec: str | None) -> str:
-    from wsss.cam.factory import pick_device
+    from wsss.device import pick_device
 
     return pick_device(spec)
 

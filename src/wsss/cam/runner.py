@@ -19,7 +19,17 @@ from wsss.data.images import load_rgb
 from wsss import interrupt
 from wsss.data.manifest import Dataset
 from wsss.progress import WarmProgress
+from wsss.settings import Settings
 from wsss.shards import shard_rows
+
+
+def cam_split(settings: Settings) -> Dataset:
+    """The prepared images of the splits the `cams` stage covers (and so `masks` and `evaluate_masks`)."""
+    from wsss.data.manifest import read_dataset
+
+    ds = read_dataset(settings.data.prepared)
+    keep = ds.table["split"].isin(settings.cams.splits)
+    return Dataset(ds.table[keep].reset_index(drop=True), ds.vocab, ds.root, ds.name)
 
 
 def input_key(image_path: Path, labels, settings_key: str = "") -> str:

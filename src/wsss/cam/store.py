@@ -15,6 +15,8 @@ import numpy as np
 from wsss.errors import DataError
 from wsss.io import save_npz
 
+OVERLAYS = "reports/cams/overlays.png"  # the cams stage's overlay figure (a DVC output beside the CAM files)
+
 
 @dataclass
 class CamRecord:

@@ -1,6 +1,13 @@
 """The built-in words of the text side (CLIP-ES's): template, synonyms, background words. Plain data, so
 that settings checks and output keys can name them without loading torch."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wsss.errors import ConfigError
+
 DEFAULT_TEMPLATE = "a clean origami {}."
 
 # Synonym fusion: the class slot holds several synonyms in one comma-joined string (CLIP-ES's names).
@@ -28,3 +35,18 @@ VOC_BACKGROUND = (
 )
 COCO_BACKGROUND = tuple(w for w in VOC_BACKGROUND if w not in ("keyboard", "sign"))
 BACKGROUND_WORDS = {"voc": VOC_BACKGROUND, "coco": COCO_BACKGROUND}
+
+
+def background_words(spec: Any) -> list[str]:
+    """`voc` / `coco` (the built-in lists), a list of words, or a file with one word per line."""
+    if isinstance(spec, (list, tuple)):
+        return [str(w) for w in spec]
+    if isinstance(spec, str) and spec.lower() in BACKGROUND_WORDS:
+        return list(BACKGROUND_WORDS[spec.lower()])
+    path = Path(str(spec))
+    if not path.is_file():
+        raise ConfigError(f"text.background: {spec!r} is neither voc/coco, a list of words, nor an existing file")
+    words = [w.strip() for w in path.read_text().splitlines() if w.strip() and not w.startswith("#")]
+    if not words:
+        raise ConfigError(f"{path}: background word file is empty")
+    return words

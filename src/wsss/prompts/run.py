@@ -62,8 +62,7 @@ def prompts_key(settings: Settings, ds) -> str:
 
 def current_key(settings: Settings) -> str | None:
     """The key of the existing prompts file, None when there is none (or it is unreadable)."""
-    from wsss.cam.factory import prompts_file
-    from wsss.prompts.store import stored_prompts_key
+    from wsss.prompts.store import prompts_file, stored_prompts_key
 
     return stored_prompts_key(prompts_file(settings))
 
@@ -110,12 +109,13 @@ def learn_prompts(settings: Settings, on_epoch: Callable[[int, dict], None] | No
 
     import torch
 
-    from wsss.cam.factory import background_words, pick_device, prompts_file
     from wsss.clip.model import load_clip
     from wsss.clip.text import encode_class_texts, fuse_synonyms
+    from wsss.clip.words import background_words
+    from wsss.device import pick_device
     from wsss.prompts.learner import PromptLearner, word_init
     from wsss.prompts.readable import describe_prompts
-    from wsss.prompts.store import clip_identity, save_prompts
+    from wsss.prompts.store import clip_identity, prompts_file, save_prompts
     from wsss.prompts.train import train_prompts
 
     cfg, clip, text = settings.prompts, settings.clip, settings.text

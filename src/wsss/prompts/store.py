@@ -14,6 +14,8 @@ from wsss.io import atomic_path, write_json
 if TYPE_CHECKING:
     import torch
 
+    from wsss.settings import Settings
+
 FORMAT = "wsss-prompts/1"
 PROMPTS_FILE = "prompts.pt"
 SIDECAR_SUFFIX = ".json"  # prompts.json beside prompts.pt: the key and identity, readable without torch
@@ -22,9 +24,14 @@ SIDECAR_SUFFIX = ".json"  # prompts.json beside prompts.pt: the key and identity
 def clip_identity(model_name: str, pretrained: str | None) -> dict[str, str]:
     """The CLIP a prompt belongs to: the open_clip model name and its weights (a tag, or a local file's
     content hash)."""
-    from wsss.cam.factory import weights_id
+    from wsss.identity import weights_id
 
     return {"model": model_name, "weights": weights_id(pretrained)}
+
+
+def prompts_file(settings: Settings) -> Path:
+    """Where the `prompts` stage writes the prompts and every reader finds them: `<prompts.out>/prompts.pt`."""
+    return Path(settings.prompts.out) / PROMPTS_FILE
 
 
 def save_prompts(path: str | Path, embeddings: torch.Tensor, ctx: torch.Tensor, class_names: list[str],

@@ -31,8 +31,8 @@ def label_dir(settings: Settings) -> str | None:
 def segmenter_key(settings: Settings, ds) -> str:
     """Every training setting plus each image's label map identity (a pseudo mask's own key, or the
     ground-truth file's content hash) and the initial weights' content."""
-    from wsss.cam.factory import weights_id
     from wsss.data.palette import stored_png_key
+    from wsss.identity import weights_id
     from wsss.shards import fingerprint
 
     masks = label_dir(settings)

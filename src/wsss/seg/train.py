@@ -78,7 +78,7 @@ def poly(total: int, power: float) -> Callable[[int], float]:
 
 def pick_device(spec: str, world: World) -> torch.device:
     """`auto`: this rank's GPU (cuda:LOCAL_RANK) when there is one, else the CPU."""
-    from wsss.cam.factory import pick_device as pick
+    from wsss.device import pick_device as pick
 
     return torch.device(pick(spec, world.local_rank))
 
