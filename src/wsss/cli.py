@@ -272,6 +272,40 @@ def drops_ingest(area: Optional[str] = _AREA):
     raise typer.Exit(1 if any(o.status == "error" for o in outcomes) else 0)
 
 
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                       help="Public datasets: download and lay them out as the readers expect.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(dataset: str = typer.Argument(..., help="voc (VOC 2012 + SBD train_aug) | coco (COCO 2014)."),
+               root: Path = typer.Argument(..., help="Where the data goes (voc: ROOT/VOCdevkit/VOC2012)."),
+               mirror: Optional[list[str]] = typer.Option(None, "--mirror", help="NAME=URL: fetch archive NAME "
+                                                          "(voc, sbd; train2014, val2014, annotations2014) from "
+                                                          "URL (ending in / : a folder with the same file name)."),
+               split: Optional[list[str]] = typer.Option(None, "--split", "--splits", help="Splits to get "
+                                                         "(repeatable; voc: train, val, train_aug; coco: train, val; "
+                                                         "default: all)."),
+               downloads: Optional[Path] = typer.Option(None, help="Where archives are kept "
+                                                        "(default: ROOT/downloads).")):
+    """Download (resumable, checksummed), extract safely and build what the readers need: VOC's
+    `train_aug` from SBD, or COCO's VOC-style class masks and image labels. A rerun finishes what is left."""
+    from wsss.data.fetch import datasets
+    from wsss.data.fetch.archives import parse_mirrors
+
+    if dataset == "voc":
+        splits = split or datasets.VOC_SPLITS
+        out = datasets.fetch_voc(root, splits, parse_mirrors(mirror, datasets.VOC_ARCHIVES), downloads)
+        first = "train_aug" if "train_aug" in splits else "train"
+        typer.echo(f"VOC ready: data.root: {out}, data.format: voc, data.splits: [{first}, val]")
+    elif dataset == "coco":
+        out = datasets.fetch_coco(root, split or tuple(datasets.COCO_SPLITS),
+                                  parse_mirrors(mirror, datasets.COCO_ARCHIVES), downloads)
+        typer.echo(f"COCO ready: data.root: {out}, data.format: coco, data.labels: image_labels.json")
+    else:
+        raise WsssError(f"unknown dataset {dataset!r} (use voc or coco)")
+
+
 def _device(spec: str | None) -> str:
     from wsss.device import pick_device
 
