@@ -17,7 +17,7 @@ from helpers_data import make_custom, rgb_image
 from wsss.data.drops import read_with_drops
 from wsss.data.readers import read_dataset_source
 from wsss.ops import commands
-from wsss.ops.drops import LocalDropArea
+from wsss.ops.drops import READY, LocalDropArea
 from wsss.ops.ingest import ingest
 from wsss.settings import load_settings
 from wsss.validation import validate_drop
@@ -48,13 +48,15 @@ def make_project(path: Path) -> Path:
 
 
 def make_drop(root: Path, seed: int, labels=("cat", "dog;traffic light")) -> Path:
-    """A custom drop of new images (distinct content per seed); labels by name."""
+    """A complete custom drop (its _READY marker written last) of new images (distinct content per seed);
+    labels by name."""
     (root / "images").mkdir(parents=True)
     lines = ["image,labels"]
     for k, lab in enumerate(labels):
         rgb_image(seed + k).save(root / "images" / f"{seed}-{k}.png")
         lines.append(f'{seed}-{k}.png,"{lab}"')
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    (root / READY).write_text("")
     return root
 
 
@@ -80,6 +82,7 @@ def test_good_drop_merged_bad_and_duplicate_quarantined(world):
     make_drop(area / "incoming/good", 500)
     make_drop(area / "incoming/bad", 600, labels=("cat", "zebra"))  # not in the vocabulary
     shutil.copytree(project / "data/raw/base", area / "incoming/dup")  # the dataset's own images again
+    (area / "incoming/dup" / READY).write_text("")
     before = dvc_file(project)
     outcomes = {o.drop: o for o in ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)}
 
@@ -153,9 +156,29 @@ def test_unreadable_drop_is_quarantined_with_the_reason(world):
     project, area = world
     (area / "incoming/empty").mkdir()
     (area / "incoming/empty/notes.txt").write_text("no labels here")
+    (area / "incoming/empty" / READY).write_text("")
     [o] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
     assert o.status == "quarantined" and "incoming/empty: cannot tell the dataset format" in o.detail
     assert json.loads((area / "quarantine/empty.report/summary.json").read_text())["verdicts"]
+
+
+def test_a_half_uploaded_drop_waits_for_its_marker(world):
+    project, area = world
+    src, half = make_drop(area.parent / "src", 500), area / "incoming/half"
+    shutil.copytree(src, half, ignore=shutil.ignore_patterns(READY, "500-1.png"))  # uploading: labels.csv and
+    # one of its two images so far; the marker comes last
+    before, lines = dvc_file(project), []
+    assert ingest(LocalDropArea(area), load_settings(), project, log=lines.append) == []
+    assert "drop half: still uploading (no _READY marker yet); left for a later run" in lines
+    assert sorted(p.name for p in half.rglob("*")) == ["500-0.png", "images", "labels.csv"]  # untouched
+    assert not (area / "quarantine").exists() and not (area / "accepted").exists()
+    assert not (project / "reports/drops/half").exists() and dvc_file(project) == before  # never validated
+
+    shutil.copy(src / "images/500-1.png", half / "images")  # the upload completes, marker last
+    shutil.copy(src / READY, half)
+    [o] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
+    assert o.status == "merged" and o.images == 2
+    assert not (area / "incoming/half").exists() and not (area / "accepted/half" / READY).exists()
 
 
 def test_interrupted_versioning_leaves_the_dataset_as_it_was_and_a_rerun_finishes(world, monkeypatch):
@@ -201,7 +224,11 @@ def test_wsss_drops_deliver_ls_ingest(world, tmp_path):
 
     proc = wsss("deliver", str(make_drop(tmp_path / "week-49", 800)))
     assert proc.returncode == 0 and proc.stdout.startswith(f"delivered 3 file(s) to {area}/incoming/week-49")
-    assert wsss("ls").stdout.splitlines()[0].split() == ["incoming", "1", "week-49"]
+    assert json.loads((area / "incoming/week-49" / READY).read_text())["files"] == 3
+    (area / "incoming/week-48/images").mkdir(parents=True)  # a drop still being copied in by hand
+    listing = [line.split() for line in wsss("ls").stdout.splitlines()]
+    assert listing[0] == ["incoming", "1", "week-49"] and listing[3] == ["uploading", "1", "week-48"]
+    shutil.rmtree(area / "incoming/week-48")
     proc = wsss("ingest")
     assert proc.returncode == 0, proc.stderr
     assert "drop week-49: merged (2 images)" in proc.stdout
@@ -260,6 +287,7 @@ def test_a_move_cut_short_is_finished_by_the_next_run(world):
     make_drop(area / "incoming/good", 500)
     ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
     shutil.copytree(area / "accepted/good", area / "incoming/good")  # the copy happened, the delete did not
+    (area / "incoming/good" / READY).write_text("")
     version = dvc_file(project)
     [o] = ingest(LocalDropArea(area), load_settings(), project, log=lambda s: None)
     assert o.status == "already processed" and not (area / "incoming/good").exists()

@@ -12,7 +12,7 @@ from botocore.exceptions import ResponseStreamingError
 
 from test_ops_drops import dvc_file, make_drop, make_project
 from wsss.ops import s3 as s3lib
-from wsss.ops.drops import S3DropArea
+from wsss.ops.drops import READY, S3DropArea
 from wsss.ops.ingest import ingest
 from wsss.settings import load_settings
 
@@ -21,7 +21,7 @@ _buckets = itertools.count()
 
 
 def upload_drop(s3, bucket: str, name: str, folder: Path) -> None:
-    s3lib.upload_dir(s3, folder, s3lib.S3Uri(bucket, f"team/incoming/{name}/"))
+    S3DropArea(f"s3://{bucket}/team", s3=s3).deliver(folder, name)
 
 
 def keys(s3, bucket: str, prefix: str) -> list[str]:
@@ -95,6 +95,27 @@ def test_s3_drops_merged_and_quarantined(world):
     assert again.status == "already processed" and dvc_file(project) == version
 
 
+def test_a_drop_is_taken_only_once_its_marker_is_uploaded_last(world):
+    project, s3, bucket, tmp = world
+    src, area = make_drop(tmp / "good", 500), S3DropArea(f"s3://{bucket}/team", s3=s3)
+    s3lib.upload_dir(s3, src, s3lib.S3Uri(bucket, "team/incoming/good/"), skip=(READY, "images/500-1.png"))
+    lines = []
+    assert ingest(area, load_settings(), project, log=lines.append) == []  # half-uploaded: left alone
+    assert "drop good: still uploading (no _READY marker yet); left for a later run" in lines
+    assert keys(s3, bucket, "team/incoming/good/") == ["team/incoming/good/images/500-0.png",
+                                                      "team/incoming/good/labels.csv"]
+    assert keys(s3, bucket, "team/quarantine/") == [] and not (project / "reports/drops/good").exists()
+
+    s3lib.delete_keys(s3, bucket, keys(s3, bucket, "team/incoming/good/"))
+    puts = []
+    s3.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_: puts.append(params["Key"]))
+    assert area.deliver(src, "good") == 3
+    assert puts[-1] == f"team/incoming/good/{READY}" and len(puts) == 4  # the marker last, once
+    [o] = ingest(area, load_settings(), project, log=lambda s: None)
+    assert o.status == "merged" and keys(s3, bucket, "team/incoming/") == []
+    assert f"team/accepted/good/{READY}" not in keys(s3, bucket, "team/accepted/good/")
+
+
 def test_dropped_connections_mid_download_are_retried(world):
     project, s3, bucket, tmp = world
     upload_drop(s3, bucket, "good", make_drop(tmp / "good", 500))
@@ -114,7 +135,7 @@ def test_a_transfer_that_keeps_failing_is_reported_and_the_drop_kept(world):
     [o] = ingest(S3DropArea(f"s3://{bucket}/team", s3=s3, attempts=2), load_settings(), project, log=lambda s: None)
     assert o.status == "error"
     assert f"downloading s3://{bucket}/team/incoming/good/" in o.detail and "left in incoming/" in o.detail
-    assert len(keys(s3, bucket, "team/incoming/good/")) == 3  # nothing lost
+    assert len(keys(s3, bucket, "team/incoming/good/")) == 4  # nothing lost: 3 files and the marker
     assert dvc_file(project) == before and not (project / "data/raw/base/drops").exists()
     assert not (project / ".wsss/staging/good").exists() and not list((project / ".wsss/staging").glob(".good*"))
 

@@ -19,6 +19,7 @@ import yaml
 from conftest import REPO
 from test_pipeline import TINY, _copy_repo, _shrink
 from wsss.ops import s3 as s3lib
+from wsss.ops.drops import S3DropArea
 
 pytestmark = pytest.mark.slow
 PY_BIN = str(Path(sys.executable).parent)
@@ -145,12 +146,13 @@ def team_project(tmp_path, moto_s3, monkeypatch):
         run(*cmd, cwd=work, env=env)
     # drops: 5 new toy images (VOC, another seed) and a custom drop with a label the dataset lacks
     run(*wsss, "toyworld", str(tmp_path / "good"), "--num-train", "4", "--num-val", "1", "--seed", "7", cwd=work, env=env)
-    s3lib.upload_dir(s3, tmp_path / "good", s3lib.S3Uri("team", "drops/incoming/good/"))
+    drops = S3DropArea("s3://team/drops", s3=s3)
+    drops.deliver(tmp_path / "good", "good")
     bad = tmp_path / "bad"
     (bad / "images").mkdir(parents=True)
     subprocess.run(["cp", str(next((tmp_path / "good/JPEGImages").iterdir())), str(bad / "images/x.jpg")], check=True)
     (bad / "labels.csv").write_text("image,labels\nx.jpg,unicorn\n")
-    s3lib.upload_dir(s3, bad, s3lib.S3Uri("team", "drops/incoming/bad/"))
+    drops.deliver(bad, "bad")
     monkeypatch.chdir(work)
     return work, s3
 

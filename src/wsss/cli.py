@@ -237,7 +237,8 @@ def _drop_area(spec: str | None):
 def drops_deliver(folder: Path = typer.Argument(..., help="The drop: images + labels (+ masks), VOC/COCO/custom."),
                   name: Optional[str] = typer.Option(None, help="Drop name [default: the folder's name]."),
                   area: Optional[str] = _AREA):
-    """Put a drop into the area's incoming/ (upload to S3, or copy), where the next retrain finds it."""
+    """Put a drop into the area's incoming/ (upload to S3, or copy), then its _READY marker: the next retrain
+    takes it only once complete."""
     if not folder.is_dir():
         raise WsssError(f"{folder}: not a folder")
     target = _drop_area(area)
@@ -247,12 +248,14 @@ def drops_deliver(folder: Path = typer.Argument(..., help="The drop: images + la
 
 @drops_app.command("ls")
 def drops_ls(area: Optional[str] = _AREA):
-    """The drops waiting (incoming), merged (accepted) and refused (quarantine, each with its report)."""
-    from wsss.ops.drops import ACCEPTED, INCOMING, QUARANTINE
+    """The drops waiting (incoming), merged (accepted), refused (quarantine, each with its report) and still
+    uploading (in incoming/ without their _READY marker: left alone)."""
+    from wsss.ops.drops import ACCEPTED, QUARANTINE
 
     target = _drop_area(area)
-    for place in (INCOMING, ACCEPTED, QUARANTINE):
-        names = target.names(place)
+    rows = {"incoming": target.incoming(), ACCEPTED: target.names(ACCEPTED), QUARANTINE: target.names(QUARANTINE),
+            "uploading": target.uploading()}
+    for place, names in rows.items():
         typer.echo(f"{place:10} {len(names):3}  {', '.join(names)}")
 
 

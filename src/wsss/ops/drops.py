@@ -4,6 +4,9 @@
     accepted/<drop>/...      merged into the dataset (kept as they arrived)
     quarantine/<drop>/...    refused by validation, beside quarantine/<drop>.report/ (summary + Data Docs)
 
+A drop is taken only when complete: its uploader writes `incoming/<drop>/_READY` (any content) after its
+last file (`deliver` does). Until then the drop is "uploading" and left alone: never fetched, validated or
+quarantined half-uploaded. The marker is not part of the drop; it is deleted after the drop's files.
 A drop is read once into a `Snapshot` (every file's relative path, size and ETag or hash): the fingerprint,
 the download and the move all use that one listing, so files still arriving are never half-taken. A drop
 leaves `incoming/` only after it is merged or quarantined, copy first, delete after: an interruption
@@ -26,6 +29,7 @@ from wsss.ops import s3 as s3lib
 from wsss.validation.table import file_sha256
 
 INCOMING, ACCEPTED, QUARANTINE = "incoming", "accepted", "quarantine"
+READY = "_READY"  # written last into incoming/<drop>/: the drop is complete
 REPORT_SUFFIX = ".report"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -79,7 +83,12 @@ class LocalDropArea:
         return sorted(d.name for d in folder.iterdir() if d.is_dir() and valid_name(d.name)) if folder.is_dir() else []
 
     def incoming(self) -> list[str]:
-        return self.names(INCOMING)
+        """The complete drops (marker written)."""
+        return [n for n in self.names(INCOMING) if (self.path / INCOMING / n / READY).is_file()]
+
+    def uploading(self) -> list[str]:
+        """Drops still arriving (no marker yet): left alone."""
+        return sorted(set(self.names(INCOMING)) - set(self.incoming()))
 
     def _listing(self, place: str, name: str, hashes: bool = True) -> dict[str, tuple[int, str]]:
         root = self.path / place / name
@@ -90,7 +99,7 @@ class LocalDropArea:
                     for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
     def snapshot(self, name: str) -> Snapshot:
-        return Snapshot(name, tuple((r, s, h) for r, (s, h) in self._listing(INCOMING, name).items()))
+        return Snapshot(name, tuple((r, s, h) for r, (s, h) in self._listing(INCOMING, name).items() if r != READY))
 
     def fetch(self, snap: Snapshot, dest: Path) -> int:
         src = self.path / INCOMING / snap.name
@@ -101,8 +110,9 @@ class LocalDropArea:
         return len(snap.files)
 
     def moved_to(self, snap: Snapshot, place: str) -> bool:
+        """The drop is at `place` with every file of the snapshot (none left: only its marker was)."""
         there = self._listing(place, snap.name)
-        return bool(snap.files) and all(there.get(r) == (s, h) for r, s, h in snap.files)
+        return bool(there) and all(there.get(r) == (s, h) for r, s, h in snap.files)
 
     def _move(self, snap: Snapshot, place: str) -> str:
         dst = self.path / place / snap.name
@@ -112,10 +122,10 @@ class LocalDropArea:
         return str(dst)
 
     def finish_move(self, snap: Snapshot) -> None:
-        """Delete the snapshot's files from incoming/ (and the folders they leave empty)."""
+        """Delete the snapshot's files from incoming/, then its marker (and the folders left empty)."""
         src = self.path / INCOMING / snap.name
         with _os_errors(f"removing {src}"):
-            for rel, _, _ in snap.files:
+            for rel in [r for r, _, _ in snap.files] + [READY]:
                 (src / rel).unlink(missing_ok=True)
             for d in sorted((p for p in src.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [src]:
                 if d.is_dir() and not any(d.iterdir()):
@@ -131,13 +141,17 @@ class LocalDropArea:
         return self._move(snap, ACCEPTED)
 
     def deliver(self, folder: Path, name: str) -> int:
-        """Put a drop into incoming/ (whole or not at all); never over a waiting drop of that name."""
+        """Put a drop into incoming/ (whole or not at all), its marker last; never over a waiting drop of
+        that name."""
         target = self.path / INCOMING / name
         if target.exists():
             raise WsssError(f"{target}: a drop of that name is waiting; pick another name")
         with _os_errors(f"copying {folder}"), atomic_dir(target) as tmp:
             shutil.copytree(folder, tmp, dirs_exist_ok=True)
-        return len(self._listing(INCOMING, name, hashes=False))
+            (tmp / READY).unlink(missing_ok=True)
+            files = sum(1 for p in tmp.rglob("*") if p.is_file())
+            (tmp / READY).write_text(_marker(files))
+        return files
 
 
 class S3DropArea:
@@ -155,7 +169,15 @@ class S3DropArea:
         return [n for n in s3lib.list_children(self.s3, self.uri.join(place)) if valid_name(n)]
 
     def incoming(self) -> list[str]:
-        return self.names(INCOMING)
+        """The complete drops (marker written)."""
+        return [n for n in self.names(INCOMING) if self._has(self._key(INCOMING, n, READY))]
+
+    def uploading(self) -> list[str]:
+        """Drops still arriving (no marker yet): left alone."""
+        return sorted(set(self.names(INCOMING)) - set(self.incoming()))
+
+    def _has(self, key: str) -> bool:
+        return any(o["key"] == key for o in s3lib.list_objects(self.s3, s3lib.S3Uri(self.uri.bucket, key)))
 
     def _listing(self, place: str, name: str) -> dict[str, tuple[int, str]]:
         base = self.uri.join(place, name)
@@ -164,7 +186,8 @@ class S3DropArea:
 
     def snapshot(self, name: str) -> Snapshot:
         where = f"{self}/{INCOMING}/{name}"
-        return Snapshot(name, tuple((safe_rel(r, where), s, e) for r, (s, e) in self._listing(INCOMING, name).items()))
+        return Snapshot(name, tuple((safe_rel(r, where), s, e) for r, (s, e) in self._listing(INCOMING, name).items()
+                                    if r != READY))
 
     def _key(self, place: str, name: str, rel: str) -> str:
         return self.uri.join(place, name).prefix + rel
@@ -185,7 +208,7 @@ class S3DropArea:
             s, e = there.get(rel, (None, ""))
             return s == size and (e == etag or "-" in e + etag)
 
-        return bool(snap.files) and all(same(*f) for f in snap.files)
+        return bool(there) and all(same(*f) for f in snap.files)
 
     def _move(self, snap: Snapshot, place: str) -> str:
         dst = self.uri.join(place, snap.name)
@@ -196,7 +219,9 @@ class S3DropArea:
         return str(dst).rstrip("/")
 
     def finish_move(self, snap: Snapshot) -> None:
+        """Delete the snapshot's files from incoming/, then its marker."""
         s3lib.delete_keys(self.s3, self.uri.bucket, [self._key(INCOMING, snap.name, r) for r, _, _ in snap.files])
+        s3lib.delete_keys(self.s3, self.uri.bucket, [self._key(INCOMING, snap.name, READY)])
 
     def quarantine(self, snap: Snapshot, report: Path) -> str:
         s3lib.upload_dir(self.s3, report, self.uri.join(QUARANTINE, f"{snap.name}{REPORT_SUFFIX}"), self.attempts)
@@ -206,12 +231,23 @@ class S3DropArea:
         return self._move(snap, ACCEPTED)
 
     def deliver(self, folder: Path, name: str) -> int:
-        """Upload a drop into incoming/, never over a waiting drop of that name. A run listing the drop
-        while it uploads takes only what it listed (and the rest waits as a clashing name): upload
-        between runs."""
+        """Upload a drop into incoming/, its marker last (a run meanwhile sees it uploading and leaves it
+        alone); never over a waiting drop of that name."""
         if self._listing(INCOMING, name):
             raise WsssError(f"{self}/{INCOMING}/{name}: a drop of that name is waiting; pick another name")
-        return s3lib.upload_dir(self.s3, Path(folder), self.uri.join(INCOMING, name), self.attempts)
+        files = s3lib.upload_dir(self.s3, Path(folder), self.uri.join(INCOMING, name), self.attempts, skip=(READY,))
+        key = self._key(INCOMING, name, READY)
+        s3lib.retrying(lambda: self.s3.put_object(Bucket=self.uri.bucket, Key=key, Body=_marker(files).encode()),
+                       f"uploading s3://{self.uri.bucket}/{key}", self.attempts)
+        return files
+
+
+def _marker(files: int) -> str:
+    """The marker's content, for people (readers only check that it exists)."""
+    import json
+    from datetime import datetime, timezone
+
+    return json.dumps({"files": files, "delivered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
 def open_area(spec: str, endpoint_url: str | None = None, attempts: int = 4, s3=None):

@@ -2,6 +2,7 @@
 then merge it into the DVC-tracked dataset or quarantine it with its report.
 
 Safety, in order of the steps:
+- only complete drops are taken (their `_READY` marker written last); one still uploading is left alone;
 - a drop is listed once (`Snapshot`) and fetched whole into a staging folder or not at all (S3 transfers
   retried file by file);
 - validation reads only the staged copy and writes only `reports/drops/<drop>/`: a refused drop never
@@ -29,7 +30,7 @@ from wsss.data.drops import RECORD, drop_dirs, read_record
 from wsss.errors import WsssError
 from wsss.io import atomic_dir, write_json
 from wsss.ops import commands
-from wsss.ops.drops import ACCEPTED, QUARANTINE, Snapshot
+from wsss.ops.drops import ACCEPTED, QUARANTINE, READY, Snapshot
 from wsss.settings import Settings
 from wsss.validation.run import DROPS_REPORT_ROOT
 
@@ -139,6 +140,8 @@ def ingest(area, settings: Settings, project: Path, log: Callable[[str], None] =
     """Process every drop in `area`'s incoming/ (see the module docstring); returns one Outcome each."""
     names = area.incoming()
     log(f"{len(names)} new drop(s) in {area}" + (f": {', '.join(names)}" if names else ""))
+    for name in area.uploading():
+        log(f"drop {name}: still uploading (no {READY} marker yet); left for a later run")
     if not names:
         return []
     dataset = TrackedDataset(settings, project)  # checked only when there is something to merge

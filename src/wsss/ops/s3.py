@@ -128,9 +128,10 @@ def download(s3, bucket: str, key: str, dest: Path, size: int | None = None, att
         part.unlink(missing_ok=True)
 
 
-def upload_dir(s3, src: Path, uri: S3Uri, attempts: int = 4) -> int:
-    """Every file under `src` → `uri/<relative path>`; returns the number of files."""
-    files = sorted(p for p in Path(src).rglob("*") if p.is_file())
+def upload_dir(s3, src: Path, uri: S3Uri, attempts: int = 4, skip: tuple[str, ...] = ()) -> int:
+    """Every file under `src` (but the relative paths in `skip`) → `uri/<relative path>`; returns the
+    number of files."""
+    files = sorted(p for p in Path(src).rglob("*") if p.is_file() and p.relative_to(src).as_posix() not in skip)
     for p in files:
         key = uri.prefix + p.relative_to(src).as_posix()
         retrying(lambda: s3.upload_file(str(p), uri.bucket, key), f"uploading {p} to s3://{uri.bucket}/{key}", attempts)
