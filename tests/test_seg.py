@@ -199,9 +199,10 @@ def test_registry_gate_moves_champion_only_to_a_better_model(store, tmp_path):
     assert model.metadata.metadata["classes"] == ["cat", "dog"]
 
 
-def test_predict_writes_palette_pngs_and_overlays_and_stops_at_an_unreadable_image(store, tmp_path):
+def test_predict_writes_palette_pngs_and_overlays_and_refuses_bad_files_without_stopping(store, tmp_path):
     from typer.testing import CliRunner
 
+    from helpers_data import bomb_png
     from wsss.cli import app
 
     _gate(store, tmp_path, 0.5, 0)
@@ -220,15 +221,22 @@ def test_predict_writes_palette_pngs_and_overlays_and_stops_at_an_unreadable_ima
     direct = runner.invoke(app, ["predict", str(images / "im0.jpg"), "--model", str(tmp_path / "s0.pt"),
                                  "--out", str(tmp_path / "direct"), "--scales", "0.75,1", "--flip"])
     assert direct.exit_code == 0, direct.output
-    (images / "im2.jpg").write_bytes(b"not an image")
-    before = (tmp_path / "pred" / "im0.png").read_bytes()
-    from wsss.errors import DataError
 
+    bomb_png(images / "a-bomb.png", 10_000, 10_000)  # first in the folder: the good images after it are still predicted
+    (images / "im2.jpg").write_bytes(b"not an image")  # a text file named .jpg
     bad = runner.invoke(app, ["predict", str(images), "--model", "models:/seg@champion", "--out",
-                              str(tmp_path / "pred"), "--device", "cpu"])
-    assert isinstance(bad.exception, DataError) and "im2.jpg" in str(bad.exception)
-    assert (tmp_path / "pred" / "im0.png").read_bytes() == before  # finished outputs intact
-    assert not [p for p in (tmp_path / "pred").iterdir() if p.name.startswith(".")]  # nothing half-written
+                              str(tmp_path / "again"), "--device", "cpu"])
+    assert bad.exit_code == 1
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["im0.png", "im0_overlay.png", "im1.png",
+                                                                     "im1_overlay.png"]  # nothing half-written
+    assert (tmp_path / "again/im1.png").read_bytes() == (tmp_path / "pred/im1.png").read_bytes()
+    assert bad.stdout.startswith("wrote 2 prediction(s)")
+    assert [ln for ln in bad.stderr.splitlines() if ln.startswith(("refused", "error"))] == [
+        f"refused: {images / 'a-bomb.png'}: refused as a decompression bomb (10000x10000 = 100000000 pixels "
+        "> limit 50000000)",
+        f"refused: {images / 'im2.jpg'}: cannot decode image (cannot identify image file "
+        f"'{images / 'im2.jpg'}')",
+        "error: 2 of 4 file(s) refused"]
     missing = runner.invoke(app, ["predict", str(images / "im0.jpg"), "--model", "models:/nope@champion"])
     assert "cannot load the model" in str(missing.exception)
 

@@ -1,6 +1,7 @@
 """`wsss`: the map of the product. Pipeline stages, dataset validation and the helpers behind them.
 
-User errors print as one line (`error: <file>: <problem>`) and exit 2; a failed validation exits 1.
+User errors print as one line (`error: <file>: <problem>`) and exit 2; a failed validation, or a `predict`
+that refused some files (each listed), exits 1.
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def predict(inputs: list[Path] = typer.Argument(..., help="Images and/or folders
             scales: str = typer.Option("1.0", help="Comma-separated inference scales, e.g. 0.75,1,1.25."),
             flip: bool = typer.Option(False, help="Also average horizontally flipped predictions."),
             device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N.")):
-    """Segment new images with the registered champion (or any segmenter): palette PNGs and overlays."""
+    """Segment new images with the registered champion (or any segmenter): palette PNGs and overlays. Files
+    that are not usable images are listed with their reason after the others are done; then exit 1."""
     from wsss.seg.infer import load_segmenter
     from wsss.seg.predict import image_files, predict_files, resolve_segmenter
 
@@ -196,8 +198,13 @@ def predict(inputs: list[Path] = typer.Argument(..., help="Images and/or folders
         raise WsssError(f"--scales: {scales!r} is not a comma-separated list of numbers") from None
     files = image_files(inputs)
     segmenter, info = load_segmenter(resolve_segmenter(model), _device(device))
-    written = predict_files(segmenter, info, files, out, scale_list, flip)
+    written, refused = predict_files(segmenter, info, files, out, scale_list, flip)
     typer.echo(f"wrote {len(written)} prediction(s) and overlays to {out} (classes: {', '.join(info['classes'])})")
+    for reason in refused:
+        typer.echo(f"refused: {reason}", err=True)
+    if refused:
+        typer.echo(f"error: {len(refused)} of {len(files)} file(s) refused", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

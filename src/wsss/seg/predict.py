@@ -1,6 +1,7 @@
 """`wsss predict`: label maps (VOC-palette PNG) and overlays for new images, from the registered champion
-(`models:/<name>@champion`), any MLflow model URI, or a segmenter file. Each output is written atomically;
-an unreadable image stops the run with one line naming it, every finished output intact."""
+(`models:/<name>@champion`), any MLflow model URI, or a segmenter file. Each output is written atomically.
+A file that is not a usable image (undecodable, a decompression bomb, an unconvertible mode) is refused
+with its reason and the others are still predicted: one bad file in a folder does not cost the rest."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
 
 
 def predict_files(model, info: dict, files: Sequence[Path], out_dir: str | Path, scales: Sequence[float] = (1.0,),
-                  flip: bool = False, progress: bool = True) -> list[Path]:
-    """Write `<out>/<stem>.png` (label ids, VOC palette) and `<out>/<stem>_overlay.png` per image."""
+                  flip: bool = False, progress: bool = True) -> tuple[list[Path], list[str]]:
+    """Write `<out>/<stem>.png` (label ids, VOC palette) and `<out>/<stem>_overlay.png` per image; returns
+    (the label maps written, one line per refused file naming it and the reason)."""
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -77,12 +79,16 @@ def predict_files(model, info: dict, files: Sequence[Path], out_dir: str | Path,
     if len(set(stems)) != len(stems):
         dup = next(s for s in stems if stems.count(s) > 1)
         raise DataError(f"two input images are named {dup}: their predictions would overwrite each other")
-    written = []
+    written, refused = [], []
     for f in tqdm(files, desc="predict", unit="img", disable=not progress):
-        image = load_rgb_array(f)
+        try:
+            image = load_rgb_array(f)
+        except DataError as e:
+            refused.append(str(e))
+            continue
         labels = predict_labels(model, image, info, scales, flip)
         save_palette_png(out_dir / f"{f.stem}.png", labels)
         with atomic_path(out_dir / f"{f.stem}_overlay.png") as tmp:
             Image.fromarray(overlay(image, labels)).save(tmp, format="PNG")
         written.append(out_dir / f"{f.stem}.png")
-    return written
+    return written, refused
