@@ -157,6 +157,21 @@ def test_bad_parameters(tmp_path, kwargs, match):
     assert not (tmp_path / "w").exists()
 
 
+def test_one_bound_per_setting_in_settings_and_generator(tmp_path):
+    """The `toyworld` settings and the generator refuse the same values with the same line."""
+    from wsss.settings import ToyworldSettings
+
+    for bad, line in ((dict(image_size=31), "toyworld.image_size: expected a value ≥ 32, got 31"),
+                      (dict(size_range=(0.2, 0.6)), "toyworld.size_range: expected [low, high] with 0 < low ≤ high")):
+        with pytest.raises(ConfigError) as by_settings:
+            ToyworldSettings(**bad)
+        with pytest.raises(ConfigError) as by_generator:
+            generate_toyworld(tmp_path / "w", num_train=1, num_val=0, progress=False, **bad)
+        assert str(by_settings.value) == str(by_generator.value) and str(by_settings.value).startswith(line)
+    stats = generate_toyworld(tmp_path / "w", num_train=1, num_val=0, image_size=32, workers=1, progress=False)
+    assert stats["image_size"] == 32
+
+
 def test_captions_fit_their_image(world):
     root, _ = world
     rng = np.random.default_rng(0)

@@ -67,7 +67,7 @@ class ToyworldSettings(Section):
     root: str = knob("data/raw/toyworld", scheduling=True)
     num_train: int = knob(400, ge=0)
     num_val: int = knob(100, ge=0)
-    image_size: int = knob(64, ge=16)
+    image_size: int = knob(64, ge=32)  # the generator's bound too (it validates through this section)
     patterns: bool = knob(True)
     colour_prior: float = knob(0.9, ge=0, le=1)
     size_range: tuple[float, float] = knob((0.16, 0.32), check=lambda r: 0 < r[0] <= r[1] <= 0.5,

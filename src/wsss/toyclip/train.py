@@ -19,7 +19,9 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from wsss.clip.dense import OPENAI_MEAN, OPENAI_STD
 from wsss.errors import ConfigError, DataError
 from wsss.toyclip.settings import ToyClipTraining
 from wsss.io import atomic_path, write_json
@@ -37,8 +40,6 @@ log = logging.getLogger(__name__)
 
 # The corpus the committed checkpoint was trained on: generated into `data_root` when it is missing.
 CORPUS = dict(num_train=24000, num_val=0, image_size=64, seed=1001, empty_fraction=0.06)
-MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation, as in CAM scoring
-STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def load_corpus(data_root: Path, split: str, max_images: int | None = None):
@@ -112,14 +113,14 @@ def augment(images: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator, m
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     x = x * torch.from_numpy(rng.uniform(0.85, 1.15, (n, 1, 1, 1)).astype(np.float32))
     x = x.clamp_(0, 1)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)  # OpenAI CLIP normalisation, as in CAM scoring
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)  # OpenAI CLIP normalisation, as in CAM scoring
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
     return (images.float() / 255 - mean) / std
 
 
@@ -390,17 +391,48 @@ def train_toy_clip(data_root: str | os.PathLike = "data/raw/toyclip-corpus",
     `out_path` with suffix `.json` (config, training parameters, metrics), both atomically. `eval_root`
     (a toy world with a `val` split) adds its zero-shot mAP to the metrics. Returns the metrics.
     """
-    import open_clip
-
-    from wsss.clip.model import clip_config, register_configs
-
     cfg = settings or ToyClipTraining()
-    t_start, cpu_start = time.perf_counter(), time.process_time()
+    clock = (time.perf_counter(), time.process_time())
     torch.set_num_threads(cfg.num_threads)
     keep_freed_memory()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     data_root, out_path = Path(data_root), Path(out_path)
+    ensure_corpus(data_root, progress)
+    corpus = _Corpus(*load_corpus(data_root, cfg.split, cfg.max_images)[:3])
+    model_cfg = _check_image_size(corpus, cfg.model_name, data_root)
+    run = _new_run(cfg, len(corpus.facts))
+    history, losses = _train_loop(run, corpus, cfg, rng, clock[0], progress)
+    metrics = _metrics(run, cfg, len(corpus.facts), losses, clock)
+    if eval_root is not None:
+        metrics["val_zero_shot_map"] = _zero_shot_val(run, Path(eval_root))
+    _save(run.model, out_path, _sidecar(cfg, model_cfg, data_root, len(corpus.facts), metrics, history))
+    return metrics
+
+
+@dataclass
+class _Corpus:
+    images: torch.Tensor  # uint8 N×3×H×W
+    facts: list[Facts]
+    boxes: np.ndarray  # N×4 union boxes
+
+
+@dataclass
+class _Run:
+    """The model being trained and what trains it."""
+
+    model: torch.nn.Module
+    tokenizer: Callable
+    tokenize_captions: Callable[[list[str]], torch.Tensor]
+    rows: TokenRows | None
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    total: int  # steps
+
+
+def ensure_corpus(data_root: Path, progress: bool) -> None:
+    """Generate the default corpus (`CORPUS`) where there is no toy world; warn when one drawn otherwise is there."""
     if not (data_root / "Annotations").is_dir():
         from wsss.toyworld import generate_toyworld
 
@@ -409,117 +441,163 @@ def train_toy_clip(data_root: str | os.PathLike = "data/raw/toyclip-corpus",
     elif differs := drawn_otherwise(data_root, **CORPUS):
         log.warning("%s was drawn with %s, not as the default corpus: the model will differ from the "
                     "shipped one (delete the folder to regenerate it)", data_root, differs)
+
+
+def _check_image_size(corpus: _Corpus, model_name: str, data_root: Path) -> dict:
+    """The model's open_clip config, after checking that the corpus is drawn at the model's input size."""
+    from wsss.clip.model import clip_config, register_configs
+
     register_configs()
-    images, facts, boxes, _ = load_corpus(data_root, cfg.split, cfg.max_images)
-    model_cfg = clip_config(cfg.model_name)
+    model_cfg = clip_config(model_name)
     size = model_cfg["vision_cfg"]["image_size"]
-    if images.shape[-1] != size or images.shape[-2] != size:
-        raise DataError(f"{data_root}: images are {tuple(images.shape[-2:])}, model {cfg.model_name} wants {size}")
+    if corpus.images.shape[-1] != size or corpus.images.shape[-2] != size:
+        raise DataError(f"{data_root}: images are {tuple(corpus.images.shape[-2:])}, model {model_name} wants {size}")
+    return model_cfg
+
+
+def _new_run(cfg: ToyClipTraining, n: int) -> _Run:
+    """A fresh model (token embedding frozen: fixed random vectors, or `TokenRows` trained), AdamW with
+    decay on matrices only, and a linear-warmup cosine schedule over the run's steps."""
+    import open_clip
+
     model = open_clip.create_model(cfg.model_name, pretrained=None)
     tokenizer = open_clip.get_tokenizer(cfg.model_name)
     tokenize_captions = caption_tokens(tokenizer)
     model.train()
     model.token_embedding.requires_grad_(False)
-    # fixed random word vectors (freeze_token_embedding) or the rows the captions use, trained (TokenRows)
     rows = None if cfg.freeze_token_embedding else TokenRows(model.token_embedding)
-    n = len(facts)
-    steps_per_epoch = max(n // cfg.batch_size, 1)
-    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    total = max(1, int(round(cfg.epochs * max(n // cfg.batch_size, 1))))
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     warmup = max(1, int(cfg.warmup_frac * total))
     groups = _param_groups(model, cfg.weight_decay, rows)
-    params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
+    return _Run(model, tokenizer, tokenize_captions, rows, [p for g in groups for p in g["params"]], opt, sched, total)
+
+
+def _train_loop(run: _Run, corpus: _Corpus, cfg: ToyClipTraining, rng: np.random.Generator, t_start: float,
+                progress: bool) -> tuple[list[dict], list[float]]:
+    """Every step on a batch drawn without replacement (reshuffled each pass); returns the logged history
+    (every `log_every` steps) and every step's loss."""
+    n = len(corpus.facts)
     history: list[dict] = []
     losses: list[float] = []
     perm, pos = rng.permutation(n), 0
-    bar = tqdm(range(total), desc="train toy CLIP", unit="step", disable=not progress)
+    bar = tqdm(range(run.total), desc="train toy CLIP", unit="step", disable=not progress)
     for step in bar:
         if pos + cfg.batch_size > n:
             perm, pos = rng.permutation(n), 0
         idx = perm[pos:pos + min(cfg.batch_size, n)]
         pos += len(idx)
-        x = augment(images[idx], boxes[idx], rng, p_crop=cfg.p_crop)
-        caps = [make_caption(facts[i], rng, p_background=cfg.p_background, p_colour=cfg.p_colour, p_partial=cfg.p_partial)
-                for i in idx]
-        fits = fit_matrix([facts[i] for i in idx], [c[1] for c in caps])
-        tokens = tokenize_captions([c[0] for c in caps])
-        k = 2 if len(idx) % 4 == 0 and rng.random() < cfg.p_mosaic else 1
-        m = int(cfg.paste_fraction * len(idx)) if k == 1 else 0
-        if m:
-            pasted, where = paste(x[:m], x[m:2 * m], model.visual.patch_size[0], rng)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            inputs = torch.cat([x, pasted]) if m else (mosaic(x, k) if k > 1 else x)
-            a_imgs = (cfg.affinity_images // (k * k) or 1) if cfg.affinity_weight > 0 else 0  # clean images or mosaics
-            z, values, attn = image_tokens(model.visual, inputs, a_imgs)
-            if m:
-                z, values, z_pasted = z[:len(idx)], values[:len(idx)], z[len(idx):]
-            img = tile_embeddings(model.visual, z, k)
-            val = value_embeddings(model.visual, values, k) if cfg.value_weight > 0 else None
-            txt = text_embeddings(model, tokens, rows)
-        img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
-        scale = model.logit_scale.exp()
-        loss = multi_positive_loss(scale * img @ txt.T, fits)
-        if attn is not None:
-            loss = loss + cfg.affinity_weight * affinity_loss(attn, z[:a_imgs], cfg.affinity_tau)
-        if m:
-            loss = loss + cfg.paste_weight * paste_consistency(z, z_pasted, where)
-        if val is not None:
-            loss = loss + cfg.value_weight * multi_positive_loss(scale * F.normalize(val.float(), dim=-1) @ txt.T, fits)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        loss = _loss(run, corpus, idx, cfg, rng)
+        _optimise(run, loss)
         losses.append(float(loss.detach()))
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-            rec = {"step": step + 1, "loss": float(np.mean(losses[-cfg.log_every:])), "lr": sched.get_last_lr()[0],
-                   "logit_scale": float(model.logit_scale.detach().exp()), "seconds": round(time.perf_counter() - t_start, 1)}
+        if (step + 1) % cfg.log_every == 0 or step + 1 == run.total:
+            rec = {"step": step + 1, "loss": float(np.mean(losses[-cfg.log_every:])), "lr": run.sched.get_last_lr()[0],
+                   "logit_scale": float(run.model.logit_scale.detach().exp()),
+                   "seconds": round(time.perf_counter() - t_start, 1)}
             history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", scale=f"{rec['logit_scale']:.1f}")
-            log.info("step %d/%d loss %.4f cfg.lr %.2e scale %.1f", step + 1, total, rec["loss"], rec["lr"],
+            log.info("step %d/%d loss %.4f cfg.lr %.2e scale %.1f", step + 1, run.total, rec["loss"], rec["lr"],
                      rec["logit_scale"])
     bar.close()
-    if rows is not None:
-        rows.write_back()
-    train_seconds = time.perf_counter() - t_start
-    model.eval()
-    metrics = {
-        "steps": total,
-        "samples_seen": total * min(cfg.batch_size, n),
+    if run.rows is not None:
+        run.rows.write_back()
+    run.model.eval()
+    return history, losses
+
+
+def _loss(run: _Run, corpus: _Corpus, idx: np.ndarray, cfg: ToyClipTraining, rng: np.random.Generator) -> torch.Tensor:
+    """One batch's loss: augmented images (as 2×2 mosaics, or with pasted regions) against drawn captions;
+    contrastive on the tile and value-path embeddings, plus the affinity and paste-consistency terms."""
+    model = run.model
+    x = augment(corpus.images[idx], corpus.boxes[idx], rng, p_crop=cfg.p_crop)
+    caps = [make_caption(corpus.facts[i], rng, p_background=cfg.p_background, p_colour=cfg.p_colour,
+                         p_partial=cfg.p_partial) for i in idx]
+    fits = fit_matrix([corpus.facts[i] for i in idx], [c[1] for c in caps])
+    tokens = run.tokenize_captions([c[0] for c in caps])
+    k = 2 if len(idx) % 4 == 0 and rng.random() < cfg.p_mosaic else 1
+    m = int(cfg.paste_fraction * len(idx)) if k == 1 else 0
+    if m:
+        pasted, where = paste(x[:m], x[m:2 * m], model.visual.patch_size[0], rng)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        inputs = torch.cat([x, pasted]) if m else (mosaic(x, k) if k > 1 else x)
+        a_imgs = (cfg.affinity_images // (k * k) or 1) if cfg.affinity_weight > 0 else 0  # clean images or mosaics
+        z, values, attn = image_tokens(model.visual, inputs, a_imgs)
+        if m:
+            z, values, z_pasted = z[:len(idx)], values[:len(idx)], z[len(idx):]
+        img = tile_embeddings(model.visual, z, k)
+        val = value_embeddings(model.visual, values, k) if cfg.value_weight > 0 else None
+        txt = text_embeddings(model, tokens, run.rows)
+    img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+    scale = model.logit_scale.exp()
+    loss = multi_positive_loss(scale * img @ txt.T, fits)
+    if attn is not None:
+        loss = loss + cfg.affinity_weight * affinity_loss(attn, z[:a_imgs], cfg.affinity_tau)
+    if m:
+        loss = loss + cfg.paste_weight * paste_consistency(z, z_pasted, where)
+    if val is not None:
+        loss = loss + cfg.value_weight * multi_positive_loss(scale * F.normalize(val.float(), dim=-1) @ txt.T, fits)
+    return loss
+
+
+def _optimise(run: _Run, loss: torch.Tensor) -> None:
+    """Backward, clip the gradient's norm at 1, step AdamW and the schedule; the logit scale stays ≤ 100."""
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.opt.step()
+    run.sched.step()
+    with torch.no_grad():
+        run.model.logit_scale.clamp_(0, math.log(100))
+
+
+def _metrics(run: _Run, cfg: ToyClipTraining, n: int, losses: list[float], clock: tuple[float, float]) -> dict:
+    return {
+        "steps": run.total,
+        "samples_seen": run.total * min(cfg.batch_size, n),
         "first_loss": float(np.mean(losses[:min(cfg.log_every, len(losses))])),
         "final_loss": float(np.mean(losses[-min(cfg.log_every, len(losses)):])),
-        "logit_scale": float(model.logit_scale.detach().exp()),
-        "train_seconds": round(train_seconds, 1),
-        "train_cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "logit_scale": float(run.model.logit_scale.detach().exp()),
+        "train_seconds": round(time.perf_counter() - clock[0], 1),
+        "train_cpu_seconds": round(time.process_time() - clock[1], 1),
     }
-    if eval_root is not None:
-        from wsss.data.vocab import Vocabulary
 
-        eval_root = Path(eval_root)
-        classes = list(Vocabulary.from_file(eval_root / "classes.txt").names)
-        v_images, v_facts, _, _ = load_corpus(eval_root, "val")
-        metrics["val_zero_shot_map"] = round(zero_shot_map(model, tokenizer, v_images, v_facts, classes), 2)
-        log.info("zero-shot mAP on %s val: %.2f", eval_root, metrics["val_zero_shot_map"])
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    with atomic_path(out_path) as tmp:
-        torch.save(state, tmp)
-    sidecar = {
+
+def _zero_shot_val(run: _Run, eval_root: Path) -> float:
+    """Zero-shot mAP (%) on the `val` split of the toy world at `eval_root`."""
+    from wsss.data.vocab import Vocabulary
+
+    classes = list(Vocabulary.from_file(eval_root / "classes.txt").names)
+    v_images, v_facts, _, _ = load_corpus(eval_root, "val")
+    value = round(zero_shot_map(run.model, run.tokenizer, v_images, v_facts, classes), 2)
+    log.info("zero-shot mAP on %s val: %.2f", eval_root, value)
+    return value
+
+
+def _sidecar(cfg: ToyClipTraining, model_cfg: dict, data_root: Path, n: int, metrics: dict, history: list[dict]) -> dict:
+    """What the weights are and how they were made: config, corpus, settings, metrics, versions."""
+    import open_clip
+
+    stats = data_root / "stats.json"
+    return {
         "model": cfg.model_name,
         "config": model_cfg,
         "format": "open_clip state_dict, fp16",
         "corpus": {"root": str(data_root), "split": cfg.split, "images": n,
-                   "generator": json.loads((data_root / "stats.json").read_text()) if (data_root / "stats.json").exists()
-                   else None},
+                   "generator": json.loads(stats.read_text()) if stats.exists() else None},
         "params": cfg.as_dict(),
         "metrics": metrics,
         "history": history,
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version()},
     }
+
+
+def _save(model: torch.nn.Module, out_path: Path, sidecar: dict) -> None:
+    """The fp16 state dict, then its sidecar, each atomically."""
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    with atomic_path(out_path) as tmp:
+        torch.save(state, tmp)
     write_json(out_path.with_suffix(".json"), sidecar)
-    return metrics

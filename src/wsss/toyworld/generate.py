@@ -345,6 +345,32 @@ def generate_toyworld(
     `empty_fraction` of the images show only a background (0 for a WSSS dataset, whose images all carry
     labels; the CLIP training corpus uses some). `workers` processes draw the images (default: all CPUs); the output does not depend on it.
     """
+    spec = world_spec(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed, classes=classes,
+                      backgrounds=backgrounds, cooccurrence=cooccurrence, cooccurrence_rate=cooccurrence_rate,
+                      ignore_border=ignore_border, empty_fraction=empty_fraction, size_range=size_range,
+                      objects_p=objects_p, max_rotation=max_rotation, patterns=patterns, colour_prior=colour_prior,
+                      jpeg_quality=jpeg_quality)
+    items = [(i, f"toy_{i:06d}", "train" if i < num_train else "val") for i in range(num_train + num_val)]
+    workers = max(1, min(workers or os.cpu_count() or 1, 32))
+    t0 = time.perf_counter()
+    with atomic_dir(root) as tmp:
+        records = _draw(tmp, spec, items, workers, progress)
+        _write_lists(tmp, spec, records)
+        stats = world_stats(spec, records)
+        write_json(tmp / "stats.json", stats)
+    return {**stats, "seconds": round(time.perf_counter() - t0, 2), "workers": workers}
+
+
+def world_spec(*, num_train: int, num_val: int, image_size: int, seed: int, classes: tuple[str, ...],
+               backgrounds: tuple[str, ...], cooccurrence: dict[str, str] | None, cooccurrence_rate: float,
+               ignore_border: float, empty_fraction: float, size_range: tuple[float, float],
+               objects_p: tuple[float, ...], max_rotation: float, patterns: bool, colour_prior: float,
+               jpeg_quality: int) -> WorldSpec:
+    """The checked drawing parameters. Those the `toyworld` settings also take are checked by them (one
+    bound each: `ToyworldSettings`), the generator's own ones here."""
+    ToyworldSettings(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+                     size_range=tuple(size_range), max_rotation=max_rotation, patterns=patterns,
+                     colour_prior=colour_prior)
     cooccurrence = dict(COOCCURRENCE if cooccurrence is None else cooccurrence)
     unknown = [c for c in classes if c not in SHAPES] + [b for b in backgrounds if b not in TEXTURES]
     if unknown:
@@ -353,33 +379,29 @@ def generate_toyworld(
     bad = {c: b for c, b in cooccurrence.items() if c not in classes or b not in backgrounds}
     if bad:
         raise ConfigError(f"toy world: co-occurrence {bad} names a class or background not in the world")
-    if num_train < 0 or num_val < 0 or num_train + num_val == 0:
+    if num_train + num_val == 0:
         raise ConfigError(f"toy world: need some images (num_train={num_train}, num_val={num_val})")
-    if image_size < 32:
-        raise ConfigError(f"toy world: image_size must be at least 32 pixels, got {image_size}")
-    if not (0 < size_range[0] <= size_range[1] <= 0.5):
-        raise ConfigError(f"toy world: size_range must satisfy 0 < min <= max <= 0.5, got {size_range}")
     if not objects_p or min(objects_p) < 0 or sum(objects_p) <= 0:
         raise ConfigError(f"toy world: objects_p must be non-negative with a positive sum, got {objects_p}")
     if not 0 <= empty_fraction < 1:
         raise ConfigError(f"toy world: empty_fraction must be in [0, 1), got {empty_fraction}")
     if not 0 <= cooccurrence_rate <= 1:
         raise ConfigError(f"toy world: cooccurrence_rate must be in [0, 1], got {cooccurrence_rate}")
-    spec = WorldSpec(image_size, tuple(classes), tuple(backgrounds), tuple(sorted(cooccurrence.items())),
+    return WorldSpec(image_size, tuple(classes), tuple(backgrounds), tuple(sorted(cooccurrence.items())),
                      float(cooccurrence_rate), float(ignore_border), int(jpeg_quality), int(seed),
                      float(empty_fraction), tuple(float(v) for v in size_range),
                      tuple(float(p) / sum(objects_p) for p in objects_p), float(max_rotation), bool(patterns),
                      float(colour_prior))
-    items = [(i, f"toy_{i:06d}", "train" if i < num_train else "val") for i in range(num_train + num_val)]
-    workers = max(1, min(workers or os.cpu_count() or 1, 32))
+
+
+def _draw(tmp: Path, spec: WorldSpec, items: list[tuple], workers: int, progress: bool) -> list[dict]:
+    """Draw and write every image in chunks (in `workers` processes); returns their summaries in order."""
     chunk = max(1, min(100, math.ceil(len(items) / (workers * 4))))
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-    t0 = time.perf_counter()
-    with atomic_dir(root) as tmp:
-        for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
-            (tmp / sub).mkdir(parents=True)
-        records: list[dict] = []
-        bar = tqdm(total=len(items), desc="toy world", unit="img", disable=not progress)
+    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
+        (tmp / sub).mkdir(parents=True)
+    records: list[dict] = []
+    with tqdm(total=len(items), desc="toy world", unit="img", disable=not progress) as bar:
         if workers == 1:
             for c in chunks:
                 interrupt.check()
@@ -391,30 +413,34 @@ def generate_toyworld(
                 for recs in pool.map(_write_chunk, [(str(tmp), spec, c) for c in chunks]):
                     records += recs
                     bar.update(len(recs))
-        bar.close()
-        for split in ("train", "val"):
-            ids = [r["id"] for r in records if r["split"] == split]
-            write_text(tmp / "ImageSets/Segmentation" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
-        write_text(tmp / "classes.txt", "".join(f"{c}\n" for c in spec.classes))
-        write_text(tmp / "backgrounds.txt", "".join(f"{b}\n" for b in spec.backgrounds))
-        stats = {
-            "generator": f"wsss.toyworld/{GENERATOR_VERSION}",
-            "seed": spec.seed,
-            "image_size": spec.image_size,
-            "classes": list(spec.classes),
-            "backgrounds": list(spec.backgrounds),
-            "cooccurrence": dict(spec.cooccurrence),
-            "cooccurrence_rate": spec.cooccurrence_rate,
-            "ignore_border": spec.ignore_border,
-            "empty_fraction": spec.empty_fraction,
-            "size_range": list(spec.size_range),
-            "objects_p": list(spec.objects_p),
-            "max_rotation": spec.max_rotation,
-            "patterns": {c: CLASS_PATTERNS[c] for c in spec.classes} if spec.patterns else None,
-            "colour_prior": spec.colour_prior,
-            "splits": {k: v for k, v in _stats(records, spec).items()},
-            "seconds": round(time.perf_counter() - t0, 2),
-            "workers": workers,
-        }
-        write_json(tmp / "stats.json", {k: v for k, v in stats.items() if k not in ("seconds", "workers")})
-    return stats
+    return records
+
+
+def _write_lists(tmp: Path, spec: WorldSpec, records: list[dict]) -> None:
+    """The split files, the class list and the background words."""
+    for split in ("train", "val"):
+        ids = [r["id"] for r in records if r["split"] == split]
+        write_text(tmp / "ImageSets/Segmentation" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
+    write_text(tmp / "classes.txt", "".join(f"{c}\n" for c in spec.classes))
+    write_text(tmp / "backgrounds.txt", "".join(f"{b}\n" for b in spec.backgrounds))
+
+
+def world_stats(spec: WorldSpec, records: list[dict]) -> dict:
+    """`stats.json`: what was drawn and how (`drawn_otherwise` compares it), with the measured rates."""
+    return {
+        "generator": f"wsss.toyworld/{GENERATOR_VERSION}",
+        "seed": spec.seed,
+        "image_size": spec.image_size,
+        "classes": list(spec.classes),
+        "backgrounds": list(spec.backgrounds),
+        "cooccurrence": dict(spec.cooccurrence),
+        "cooccurrence_rate": spec.cooccurrence_rate,
+        "ignore_border": spec.ignore_border,
+        "empty_fraction": spec.empty_fraction,
+        "size_range": list(spec.size_range),
+        "objects_p": list(spec.objects_p),
+        "max_rotation": spec.max_rotation,
+        "patterns": {c: CLASS_PATTERNS[c] for c in spec.classes} if spec.patterns else None,
+        "colour_prior": spec.colour_prior,
+        "splits": _stats(records, spec),
+    }
