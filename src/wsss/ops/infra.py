@@ -28,6 +28,7 @@ import typer
 from wsss.errors import WsssError
 from wsss.io import write_json, write_text
 from wsss.ops.s3 import S3Uri, client, endpoint_from_env, ensure_bucket, s3_errors
+from wsss.pids import is_running, started
 from wsss.prefect_env import DEFAULTS as PREFECT_DEFAULTS
 from wsss.prefect_env import stop_process
 from wsss.settings import project_root
@@ -146,20 +147,8 @@ def _write_pids(dev: Path, pids: dict[str, dict]) -> None:
     write_json(dev / "pids.json", pids)
 
 
-def _started(pid: int) -> float | None:
-    """The process's start time, None when it is gone or a zombie: with the pid, its identity."""
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        return None if p.status() == psutil.STATUS_ZOMBIE else p.create_time()
-    except psutil.Error:
-        return None
-
-
 def _alive(entry: dict) -> bool:
-    started = _started(entry["pid"])
-    return started is not None and started == entry["started"]
+    return is_running(entry["pid"], entry["started"])
 
 
 class _Recorded:
@@ -169,7 +158,7 @@ class _Recorded:
         self.pid = pid
 
     def poll(self) -> int | None:
-        return None if _started(self.pid) is not None else 0
+        return None if started(self.pid) is not None else 0
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = time.monotonic() + (30 if timeout is None else timeout)
@@ -188,7 +177,7 @@ def _stop(entry: dict) -> bool:
     pid, was_alive = entry["pid"], _alive(entry)
     if was_alive:
         stop_process(_Recorded(pid))
-    elif _started(pid) is not None:
+    elif started(pid) is not None:
         return False
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)  # children that outlived the group leader (a session of our own)
@@ -248,7 +237,7 @@ class _Stack:
             proc = subprocess.Popen(cmd, cwd=self.root, env={**self.env, **env}, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
-        self.pids[name] = {"pid": proc.pid, "started": _started(proc.pid), "url": url, "log": str(self.log(name))}
+        self.pids[name] = {"pid": proc.pid, "started": started(proc.pid), "url": url, "log": str(self.log(name))}
         _write_pids(self.dev, self.pids)
 
     def wait(self, name: str, ready: Callable[[], bool]) -> None:

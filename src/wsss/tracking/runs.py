@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping
 
 from wsss.errors import WsssError
 from wsss.interrupt import is_interrupt
+from wsss.pids import boot_id, is_running, started
 from wsss.settings import project_root
 
 PIPELINE_TAG = "wsss.pipeline"
@@ -183,43 +184,19 @@ def _parent_run(client, experiment_id: str, key: str, git_commit: str) -> str:
     return run.info.run_id
 
 
-def _boot_id() -> str:
-    """Changes at every boot (Linux); '' elsewhere."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _started(pid: int) -> str:
-    """When process `pid` started, in a form that does not move with the wall clock: its start time in
-    clock ticks since boot (Linux /proc), else psutil's creation time; '' when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2:].split()[19]
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil
-
-        return f"{psutil.Process(pid).create_time():.2f}"
-    except Exception:
-        return ""
-
-
 def _owner() -> dict[str, str]:
     """Host, boot, pid and the pid's start time: a pid alone can be reused once the process is gone."""
     pid = os.getpid()
-    return {"wsss.host": socket.gethostname(), "wsss.boot": _boot_id(), "wsss.pid": str(pid),
-            "wsss.pid_started": _started(pid)}
+    return {"wsss.host": socket.gethostname(), "wsss.boot": boot_id(), "wsss.pid": str(pid),
+            "wsss.pid_started": started(pid) or ""}
 
 
 def _alive(tags: Mapping[str, str]) -> bool:
     """Is the process that owns a run (same host) still running? A run from an earlier boot is not."""
-    if tags.get("wsss.boot", "") != _boot_id():
+    if tags.get("wsss.boot", "") != boot_id():
         return False
     try:
-        return _started(int(tags["wsss.pid"])) == tags.get("wsss.pid_started")
+        return is_running(int(tags["wsss.pid"]), tags.get("wsss.pid_started"))
     except (KeyError, ValueError):
         return False
 
