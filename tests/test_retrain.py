@@ -19,6 +19,7 @@ import yaml
 from conftest import REPO
 from test_pipeline import TINY, _copy_repo, _shrink
 from wsss.ops import s3 as s3lib
+from wsss.settings import load_settings
 from wsss.ops.drops import S3DropArea
 
 pytestmark = pytest.mark.slow
@@ -59,7 +60,9 @@ def test_prefect_yaml_deploys_to_the_gpu_pool_with_schedule_and_limit(prefect_ha
     d = read_deployment("retrain/gpu-pool")
     assert d.work_pool_name == "gpu" and d.entrypoint == "flows/retrain.py:retrain"
     assert d.job_variables["working_dir"] == str(REPO)
-    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules] == [("0 3 * * 1", "UTC", True)]
+    ops = load_settings(REPO / "params.yaml").ops  # the one source of the cron (tests/test_retrain_schedule.py)
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in d.schedules] == [
+        (ops.schedule, ops.timezone, True)]
     assert d.global_concurrency_limit.limit == 1
     assert d.concurrency_options.collision_strategy.value == "ENQUEUE"
     assert d.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
