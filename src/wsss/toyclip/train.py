@@ -577,7 +577,8 @@ def _zero_shot_val(run: _Run, eval_root: Path) -> float:
     return value
 
 
-def _sidecar(cfg: ToyClipTraining, model_cfg: dict, data_root: Path, n: int, metrics: dict, history: list[dict]) -> dict:
+def _sidecar(cfg: ToyClipTraining, model_cfg: dict, data_root: Path, n: int, metrics: dict,
+             history: list[dict]) -> dict:
     """What the weights are and how they were made: config, corpus, settings, metrics, versions."""
     import open_clip
 
