@@ -1,8 +1,9 @@
 """DVC stage `evaluate`: the segmenter on `evaluate.split` (val), single-scale and multi-scale + flip;
 mIoU, per-class IoU / precision / recall, confusion matrix, example predictions; the headline mIoU
 single- and multi-scale in `reports/metrics.json` (DVC metrics, `wsss.metrics.headline`), every score in
-`reports/seg/` (tables, figures) and MLflow; then the model registry gate: the model is logged and
-registered, and `champion` moves to it only when its multi-scale val mIoU is the best so far.
+`reports/seg/` (tables, figures) and MLflow; then the model registry gate: the model is registered (once
+per distinct segmenter: an unchanged one keeps its version), and `champion` moves to it only when its
+multi-scale val mIoU is the best so far.
 """
 
 from __future__ import annotations

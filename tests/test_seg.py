@@ -3,6 +3,10 @@ registry gate and `wsss predict`."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -239,6 +243,134 @@ def test_predict_writes_palette_pngs_and_overlays_and_refuses_bad_files_without_
         "error: 2 of 4 file(s) refused"]
     missing = runner.invoke(app, ["predict", str(images / "im0.jpg"), "--model", "models:/nope@champion"])
     assert "cannot load the model" in str(missing.exception)
+
+
+def test_evaluating_the_same_segmenter_again_registers_no_new_version(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from wsss.seg.registry import DIGEST_TAG, segmenter_digest
+
+    client = MlflowClient(store)
+    first, _ = _gate(store, tmp_path, 0.50, 0)
+    same_file = _segmenter_file(tmp_path / "resaved.pt", 0)  # the same weights saved again: other bytes
+    assert same_file.read_bytes() != (tmp_path / "s0.pt").read_bytes()
+    assert segmenter_digest(same_file) == segmenter_digest(tmp_path / "s0.pt")
+    for miou in (0.55, 0.45):  # the pipeline reran (val data changed, say): same segmenter, same version
+        again, run_id = _gate(store, tmp_path, miou, 0)
+        assert again.version == first.version and again.reused and not again.promoted
+        assert again.message() == f"version {first.version} (val mIoU {miou:.4f}) is champion already (the same " \
+                                  "segmenter as before: no new version)"
+        assert client.get_run(run_id).data.tags["registry.reused"] == "True"
+    [version] = client.search_model_versions("name='seg'")
+    assert version.tags[DIGEST_TAG] == segmenter_digest(same_file) and version.tags["val_miou"] == "0.45"
+    other, _ = _gate(store, tmp_path, 0.60, 1)  # a different segmenter: a new version, gated as always
+    assert other.version != first.version and not other.reused and other.promoted
+    back, _ = _gate(store, tmp_path, 0.70, 0)  # the first one again, now better: its own version comes back
+    assert back.version == first.version and back.reused and back.promoted
+    assert back.message().endswith(": alias moved (the same segmenter as before: no new version)")
+    assert len(client.search_model_versions("name='seg'")) == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _serve(uri: str, port: int, env: dict):
+    """`mlflow models serve` of `uri` on 127.0.0.1:port (local environment), ready; the caller stops it."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port), "-w", "1"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("mlflow models serve did not answer /ping")
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_pixel_and_encoded_images(store, tmp_path):
+    """The README's curl example against a real `mlflow models serve` of the champion."""
+    import base64
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from wsss.prefect_env import stop_process
+    from wsss.seg.infer import load_segmenter, predict_labels
+
+    _gate(store, tmp_path, 0.5, 0)
+    model, info = load_segmenter(tmp_path / "s0.pt")
+    rng = np.random.default_rng(0)
+    png, jpeg = rng.integers(0, 255, (20, 28, 3), dtype=np.uint8), rng.integers(0, 255, (33, 17, 3), dtype=np.uint8)
+    encoded = []
+    for pixels, fmt in ((png, "PNG"), (jpeg, "JPEG")):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=fmt)
+        encoded.append(buffer.getvalue())
+    (tmp_path / "photo.jpg").write_bytes(encoded[1])
+    jpeg = np.asarray(Image.open(tmp_path / "photo.jpg").convert("RGB"))  # what the server decodes
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/invocations"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # its uvicorn: the .venv activated
+    proc = _serve("models:/seg@champion", port, {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": path})
+    try:
+        status, answer = _post(url, {"inputs": np.stack([png, png[::-1]]).tolist()})  # the pixel form, as before
+        assert status == 200
+        assert np.array_equal(answer["predictions"], [predict_labels(model, im, info) for im in (png, png[::-1])])
+
+        images = [base64.b64encode(e).decode() for e in encoded]
+        status, answer = _post(url, {"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]},
+                                     "params": {"palette": True}})
+        assert status == 200 and len(answer["predictions"]) == 2
+        for row, pixels in zip(answer["predictions"], (png, jpeg)):
+            labels = predict_labels(model, pixels, info)
+            assert np.array_equal(row["labels"], labels)
+            palette = Image.open(io.BytesIO(base64.b64decode(row["palette_png"])))
+            assert palette.mode == "P" and np.array_equal(np.asarray(palette), labels)
+        status, answer = _post(url, {"inputs": {"image": images[:1]}})  # no palette unless asked
+        assert status == 200 and list(answer["predictions"][0]) == ["labels"]
+
+        readme = (Path(__file__).parents[1] / "README.md").read_text()  # the documented example, run as written
+        curl = re.search(r"^curl -s http://127\.0\.0\.1:5001/invocations .*?[^\\]$", readme, re.M | re.S).group(0)
+        out = subprocess.run(["bash", "-c", curl.replace(":5001/", f":{port}/")], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        assert np.array_equal(json.loads(out)["predictions"][0]["labels"], predict_labels(model, jpeg, info))
+
+        status, answer = _post(url, {"dataframe_split": {"columns": ["image"],
+                                                         "data": [[images[0]], [base64.b64encode(b"text").decode()]]}})
+        assert status == 400 and "Error: image 1: cannot decode image" in answer["message"]
+        status, answer = _post(url, {"inputs": [[1, 2, 3]]})
+        assert status == 400 and "expected uint8 images [N, H, W, 3]" in answer["message"]
+    finally:
+        stop_process(proc)
 
 
 def test_clip_backbone_segmenter_handles_any_size_and_stays_frozen():

@@ -126,6 +126,18 @@ def load_rgb_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS
     return np.array(load_rgb(path, max_pixels), dtype=np.uint8)
 
 
+def decode_rgb_array(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """`load_rgb_array` of an encoded image held in memory (a served request), with the same checks; its
+    errors name it `name`."""
+    import io
+
+    buffer = io.BytesIO(data)
+    try:
+        return load_rgb_array(buffer, max_pixels)
+    except DataError as e:
+        raise type(e)(str(e).replace(str(buffer), name)) from None
+
+
 MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")
 
 

@@ -39,15 +39,21 @@ def colorize(mask: np.ndarray) -> np.ndarray:
 KEY_CHUNK = "wsss-key"  # PNG text chunk holding the key of the inputs a mask was made from
 
 
-def save_palette_png(path: str | Path, mask: np.ndarray, key: str | None = None) -> None:
-    """Write an H×W uint8 mask as a VOC-palette PNG, atomically (an existing file is always complete);
-    `key` is stored in a text chunk (`stored_png_key`) so a rerun can tell a current mask from a stale one."""
+def palette_image(mask: np.ndarray) -> Image.Image:
+    """An H×W uint8 mask as a mode-"P" image with the VOC palette (class ids kept as pixel values)."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask must be an H×W uint8 array, got shape {mask.shape} dtype {mask.dtype}")
     height, width = mask.shape
     image = Image.frombytes("P", (width, height), np.ascontiguousarray(mask).tobytes())
     image.putpalette(VOC_PALETTE.tobytes())
+    return image
+
+
+def save_palette_png(path: str | Path, mask: np.ndarray, key: str | None = None) -> None:
+    """Write an H×W uint8 mask as a VOC-palette PNG, atomically (an existing file is always complete);
+    `key` is stored in a text chunk (`stored_png_key`) so a rerun can tell a current mask from a stale one."""
+    image = palette_image(mask)
     info = None
     if key is not None:
         from PIL.PngImagePlugin import PngInfo
