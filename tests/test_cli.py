@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from helpers_data import make_voc
+from helpers.data import make_voc
 
 from conftest import REPO
 

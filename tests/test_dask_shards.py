@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from test_stage_safety import _env, _project
+from helpers.projects import stage_env, stage_project
 
 pytestmark = pytest.mark.slow
 
@@ -51,17 +51,17 @@ def runs(tmp_path_factory):
     exist, so `cams` on words computes every map. The stages share one Prefect API, as under `wsss repro`."""
     from wsss.prefect_env import launch_api_server, stop_process, wait_until_ready
 
-    root = _project(tmp_path_factory.mktemp("dask"), 8, 4)
+    root = stage_project(tmp_path_factory.mktemp("dask"), 8, 4)
     server, url = launch_api_server()
     logs = {}
     try:
         wait_until_ready(url, server)
-        envs = {name: _env(root, PYTHONPATH=str(REPO), WSSS_PARAMS=str(_params(root, name)), PREFECT_API_URL=url,
-                           MLFLOW_TRACKING_URI=f"sqlite:///{root / f'mlflow_{name}.db'}",
-                           PREFECT_LOGGING_LEVEL="INFO",  # the Dask scheduler's log names the workers it registers
-                           # One torch thread per process, as a Dask nanny gives its workers (pre-spawn-environ):
-                           # another count sums CPU kernels in another order, moving some fp16 CAMs by 1 ulp.
-                           OMP_NUM_THREADS="1")
+        envs = {name: stage_env(root, PYTHONPATH=str(REPO), WSSS_PARAMS=str(_params(root, name)),
+                                PREFECT_API_URL=url, MLFLOW_TRACKING_URI=f"sqlite:///{root / f'mlflow_{name}.db'}",
+                                PREFECT_LOGGING_LEVEL="INFO",  # the Dask scheduler's log names the workers it registers
+                                # One torch thread per process, as a Dask nanny gives its workers (pre-spawn-environ):
+                                # another count sums CPU kernels in another order, moving some fp16 CAMs by 1 ulp.
+                                OMP_NUM_THREADS="1")
                 for name in RUNS}
         for stage in ("cams", "masks"):
             procs = {name: subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=root, env=env, text=True,

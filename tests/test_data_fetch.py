@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_data import palette_mask, rgb_image, voc_id, write_xml
+from helpers.data import palette_mask, rgb_image, voc_id, write_xml
 from PIL import Image
 from scipy.io import savemat
 

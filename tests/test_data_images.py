@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers_data import bomb_png, palette_mask, rgb_image
+from helpers.data import bomb_png, palette_mask, rgb_image
 from wsss.data.images import DecompressionBomb, load_rgb, open_image, peek_size, read_mask, to_rgb
 from wsss.data.paths import path_problem, resolve_inside
 from wsss.errors import DataError

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers_data import COCO_TRAIN, COCO_VAL, VOC_IDS, make_coco, make_custom, make_voc, voc_id, write_xml
+from helpers.data import COCO_TRAIN, COCO_VAL, VOC_IDS, make_coco, make_custom, make_voc, voc_id, write_xml
 from wsss.data.coco import read_coco
 from wsss.data.custom import read_custom
 from wsss.data.labels import load_label_file, parse_labels

@@ -8,56 +8,18 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from helpers_data import make_custom, rgb_image
+from helpers.drops import dvc_file, make_drop, make_project
 from wsss.data.drops import read_with_drops
 from wsss.data.readers import read_dataset_source
 from wsss.ops import commands
 from wsss.ops.drops import READY, LocalDropArea
 from wsss.ops.ingest import ingest
 from wsss.settings import load_settings
-from wsss.validation import validate_drop
 
 pytestmark = pytest.mark.slow
-
-GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-
-
-def run(*cmd, cwd):
-    subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True)
-
-
-def make_project(path: Path) -> Path:
-    """A git + DVC project whose dataset (custom format, 3 images) is tracked with `dvc add`."""
-    path.mkdir(parents=True)
-    (path / "dvc.yaml").write_text("stages: {}\n")
-    (path / "params.yaml").write_text(yaml.safe_dump({"data": {"root": "data/raw/base", "format": "custom"},
-                                                      "ops": {"push": False}}))
-    make_custom(path / "data/raw/base")
-    run("git", "init", "-q", cwd=path)
-    run(sys.executable, "-m", "dvc", "init", "-q", cwd=path)
-    run(sys.executable, "-m", "dvc", "add", "-q", "data/raw/base", cwd=path)
-    run(*GIT, "add", "-A", cwd=path)
-    run(*GIT, "commit", "-qm", "base", cwd=path)
-    validate_drop(path / "data/raw/base", report_dir=path / "reports/validation")  # what `prepare` leaves
-    return path
-
-
-def make_drop(root: Path, seed: int, labels=("cat", "dog;traffic light")) -> Path:
-    """A complete custom drop (its _READY marker written last) of new images (distinct content per seed);
-    labels by name."""
-    (root / "images").mkdir(parents=True)
-    lines = ["image,labels"]
-    for k, lab in enumerate(labels):
-        rgb_image(seed + k).save(root / "images" / f"{seed}-{k}.png")
-        lines.append(f'{seed}-{k}.png,"{lab}"')
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    (root / READY).write_text("")
-    return root
 
 
 @pytest.fixture
@@ -71,10 +33,6 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_COMMITTER_NAME", "t")
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@t")
     return project, area
-
-
-def dvc_file(project: Path) -> bytes:
-    return (project / "data/raw/base.dvc").read_bytes()
 
 
 def test_good_drop_merged_bad_and_duplicate_quarantined(world):

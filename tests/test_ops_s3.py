@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ResponseStreamingError
 
-from test_ops_drops import dvc_file, make_drop, make_project
+from helpers.drops import dvc_file, make_drop, make_project
 from wsss.ops import s3 as s3lib
 from wsss.ops.drops import READY, S3DropArea
 from wsss.ops.ingest import ingest

@@ -11,41 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO
+from helpers.projects import TINY, copy_repo, shrink
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "toyworld": {"num_train": 16, "num_val": 8},
-    "train": {"iterations": 6, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "width": 4},
-    "evaluate": {"scales": [0.75, 1.0], "examples": 2},
-}
-
-
-def _copy_repo(dst: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-
-
-def _shrink(params_file: Path, overrides: dict) -> None:
-    params = yaml.safe_load(params_file.read_text())
-    for section, values in overrides.items():
-        params[section].update(values)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
     work = tmp_path_factory.mktemp("repo")
-    _copy_repo(work)
-    _shrink(work / "params.yaml", TINY)
+    copy_repo(work)
+    shrink(work / "params.yaml", TINY)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from test_pipeline import TINY, _copy_repo, _shrink
+from helpers.projects import TINY, copy_repo, shrink
 from wsss.ops import s3 as s3lib
 from wsss.settings import load_settings
 from wsss.ops.drops import S3DropArea
@@ -70,7 +70,7 @@ def test_prefect_yaml_deploys_to_the_gpu_pool_with_schedule_and_limit(prefect_ha
 
 def test_wsss_serve_serves_the_deployment_on_the_configured_schedule(prefect_harness, tmp_path):
     work = tmp_path / "repo"
-    _copy_repo(work)
+    copy_repo(work)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["ops"]["schedule"] = "15 4 * * *"
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -128,8 +128,8 @@ def run(*cmd, cwd, env):
 def team_project(tmp_path, moto_s3, monkeypatch):
     """A project as a team has it: its own dataset `dvc add`ed, an S3 DVC remote, drops waiting in S3."""
     work = tmp_path / "repo"
-    _copy_repo(work)
-    _shrink(work / "params.yaml", {**TINY, "data": {"root": "data/raw/shapes"}})
+    copy_repo(work)
+    shrink(work / "params.yaml", {**TINY, "data": {"root": "data/raw/shapes"}})
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
            "PATH": f"{PY_BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -206,8 +206,8 @@ def test_retrain_with_mlflow_unreachable_fails_with_one_line(prefect_harness, tm
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends
     work = tmp_path / "repo"
-    _copy_repo(work)
-    _shrink(work / "params.yaml", TINY)
+    copy_repo(work)
+    shrink(work / "params.yaml", TINY)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t",
                                                               "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=work, check=True, capture_output=True)

@@ -206,7 +206,7 @@ def test_registry_gate_moves_champion_only_to_a_better_model(store, tmp_path):
 def test_predict_writes_palette_pngs_and_overlays_and_refuses_bad_files_without_stopping(store, tmp_path):
     from typer.testing import CliRunner
 
-    from helpers_data import bomb_png
+    from helpers.data import bomb_png
     from wsss.cli import app
 
     _gate(store, tmp_path, 0.5, 0)

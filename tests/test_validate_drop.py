@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers_data import VOC_IDS, make_custom, make_voc, rgb_image
+from helpers.data import VOC_IDS, make_custom, make_voc, rgb_image
 from wsss.errors import DataError
 from wsss.settings import ValidationSettings
 from wsss.validation import default_report_dir, validate_drop

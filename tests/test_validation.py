@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers_data import VOC_IDS, bomb_png, make_custom, make_voc, palette_mask, rgb_image, write_xml
+from helpers.data import VOC_IDS, bomb_png, make_custom, make_voc, palette_mask, rgb_image, write_xml
 from wsss.data.custom import read_custom
 from wsss.data.voc import read_voc
 from wsss.errors import ConfigError

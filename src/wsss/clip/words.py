@@ -1,5 +1,6 @@
-"""The built-in words of the text side (CLIP-ES's): template, synonyms, background words. Plain data, so
-that settings checks and output keys can name them without loading torch."""
+"""The built-in words of the text side (CLIP-ES's): template, synonyms, background words, and
+`background_words` resolving `text.background` to its list. No torch, so that settings checks and output
+keys (the CAM key, the prompts' word initialisation) can name them cheaply."""
 
 from __future__ import annotations
 
