@@ -5,7 +5,7 @@ Both run side by side in one process on identical random ViT-B-16 weights (no ch
 - the engine (`wsss.cam.engine.CamEngine`): blocks 1..L-1 once without gradients, the last 8 blocks'
   attention averaged in place into one N×N buffer, all present classes' gradients from one last-block
   forward (batched backward), CAA once per image with A·(A·X);
-- the reference (`tests/test_cam_reference.py::ReferenceClipEs`, the paper code's structure): every
+- the reference (`benchmarks/cam_reference.py::ReferenceClipEs`, the paper code's structure): every
   block's N×N attention kept, one forward + full backward of the last block per class, Sinkhorn/A²/refine
   per class.
 
@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the reference lives with the tests that prove the engine equal to it
+sys.path.insert(0, str(REPO / "benchmarks"))  # the reference the tests prove the engine equal to
 
-from test_cam_reference import ReferenceClipEs, random_image  # noqa: E402
+from cam_reference import ReferenceClipEs, random_image  # noqa: E402
 
 from wsss.settings import CamsSettings
 from wsss.cam.engine import CamEngine  # noqa: E402
