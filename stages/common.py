@@ -8,7 +8,8 @@
 3. `has_work(settings)`: any missing/stale output? none → stop here (no Prefect, no MLflow run);
 4. start the stage's Prefect API (`wsss.prefect_env.local_api`), which boots in its own process while
    this one imports Prefect, MLflow and the stage's `imports`; then run the body as a Prefect flow that
-   opens one MLflow run (`wsss.tracking`) logging the stage's typed settings.
+   opens one MLflow run (`wsss.tracking`) logging the stage's typed settings. The flow run is tagged with
+   its process; flow runs of this host's stages killed outright are marked CRASHED first (`wsss.prefect_runs`).
 User errors (`WsssError`) become a Failed state with a one-line message and exit code 1; they are never
 retried. Stage modules import their heavy dependencies inside the body, so step 1 stays fast.
 """
@@ -114,7 +115,7 @@ def main(stage: Stage) -> None:
                 timings.mark("imports")
                 wait_until_ready(*api)
                 timings.mark("prefect_api")
-                state = stage.flow(settings)(settings, return_state=True)
+                state = run_flow(stage, settings)
                 timings.mark("flow_end")
     except WsssError as e:  # found before the flow (e.g. by `has_work`): one line, like any user error
         print(f"error: {e}", file=sys.stderr)
@@ -128,6 +129,19 @@ def main(stage: Stage) -> None:
     if state.is_failed() or state.is_crashed():
         print(f"error: {stage.name} failed: {state.message}", file=sys.stderr)
         raise SystemExit(1)
+
+
+def run_flow(stage: Stage, settings: Settings):
+    """The stage's flow run (its final state), tagged with this process as its owner, after the unfinished
+    flow runs of this host's stage processes that are gone are marked CRASHED (`wsss.prefect_runs`)."""
+    from prefect import tags
+
+    from wsss.prefect_runs import mark_crashed_runs, owner_tags
+
+    for run_id in mark_crashed_runs():
+        print(f"{stage.name}: flow run {run_id} marked CRASHED (its stage process was gone)", file=sys.stderr)
+    with tags(*owner_tags()):
+        return stage.flow(settings)(settings, return_state=True)
 
 
 def run_worker(work: Callable[[Settings], Any]) -> None:

@@ -226,7 +226,7 @@ def test_predict_writes_palette_pngs_and_overlays_and_refuses_bad_files_without_
                                  "--out", str(tmp_path / "direct"), "--scales", "0.75,1", "--flip"])
     assert direct.exit_code == 0, direct.output
 
-    bomb_png(images / "a-bomb.png", 10_000, 10_000)  # first in the folder: the good images after it are still predicted
+    bomb_png(images / "a-bomb.png", 10_000, 10_000)  # first in the folder: the good images after it still count
     (images / "im2.jpg").write_bytes(b"not an image")  # a text file named .jpg
     bad = runner.invoke(app, ["predict", str(images), "--model", "models:/seg@champion", "--out",
                               str(tmp_path / "again"), "--device", "cpu"])

@@ -104,6 +104,44 @@ def test_runs_of_dead_processes_are_marked_killed_at_the_next_start():
     client.set_terminated(alive.info.run_id)
 
 
+def test_flow_runs_of_dead_stage_processes_are_marked_crashed(prefect_harness):
+    """`kill -9` leaves a stage's flow run RUNNING on a server that outlives it: the next stage on this
+    host sets it (and its unfinished task runs) CRASHED; live owners, other hosts and untagged runs stay."""
+    import socket
+
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from wsss.pids import boot_id, started
+    from wsss.prefect_runs import HOST_TAG, MESSAGE, OWNER_TAG, STAGE_TAG, mark_crashed_runs, owner_tags
+
+    gone = subprocess.Popen(["sleep", "30"])
+    gone_tags = [STAGE_TAG, f"{HOST_TAG}{socket.gethostname()}",
+                 f"{OWNER_TAG}{boot_id()}/{gone.pid}/{started(gone.pid)}"]
+    gone.kill()
+    gone.wait()
+    other_host = [STAGE_TAG, f"{HOST_TAG}elsewhere", gone_tags[2]]
+    earlier_boot = gone_tags[:2] + [f"{OWNER_TAG}an-earlier-boot/{os.getpid()}/{started(os.getpid())}"]
+
+    @flow(name="orphan-probe")
+    def probe():
+        pass
+
+    with get_client(sync_client=True) as client:
+        runs = {name: client.create_flow_run(probe, tags=tags, state=Running()).id for name, tags in
+                [("gone", gone_tags), ("alive", owner_tags()), ("other host", other_host),
+                 ("earlier boot", earlier_boot), ("untagged", [STAGE_TAG, gone_tags[1]])]}
+        shard = client.create_task_run(task(lambda: None, name="shard"), runs["gone"], "0", state=Running())
+        assert sorted(mark_crashed_runs()) == sorted(str(runs[n]) for n in ("gone", "earlier boot"))
+        states = {name: client.read_flow_run(i).state for name, i in runs.items()}
+        assert {n: s.type.value for n, s in states.items()} == {"gone": "CRASHED", "alive": "RUNNING",
+                                                                "other host": "RUNNING", "earlier boot": "CRASHED",
+                                                                "untagged": "RUNNING"}
+        assert states["gone"].message == MESSAGE and client.read_task_run(shard.id).state.type.value == "CRASHED"
+        assert mark_crashed_runs() == []  # once
+
+
 def test_stage_runs_share_the_parent_of_their_pipeline_version():
     ids = []
     for name in ("a", "b"):
