@@ -18,14 +18,16 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
+from wsss.pids import boot_id
 from helpers.projects import stage_env, stage_project
 
 pytestmark = pytest.mark.slow
 
 
-def _stage(root: Path, name: str, params: Path | None = None, timings: Path | None = None) -> subprocess.Popen:
+def _stage(root: Path, name: str, params: Path | None = None, timings: Path | None = None,
+           api: str | None = None) -> subprocess.Popen:
     env = stage_env(root, PYTHONPATH=str(REPO), **({"WSSS_PARAMS": str(params)} if params else {}),
-                    **({"WSSS_TIMINGS": str(timings)} if timings else {}))
+                    **({"WSSS_TIMINGS": str(timings)} if timings else {}), **({"PREFECT_API_URL": api} if api else {}))
     return subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=root, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -154,6 +156,65 @@ def test_signal_stops_the_stage_within_seconds(busy, sig, code):
     assert _runs(busy, "cams")[-1].info.status == "KILLED"
     done = list((busy / "cams").glob("*.npz"))
     assert len(done) < BUSY and not list((busy / "cams").glob(".*"))  # finished files whole, no temp files
+
+
+@pytest.fixture(scope="module")
+def team_api(tmp_path_factory):
+    """A Prefect API that outlives the stages (a team's server), on 127.0.0.1 with a database of its own."""
+    from wsss.prefect_env import launch_api_server, stop_process, wait_until_ready
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("team-prefect")))
+        proc, url = launch_api_server()
+    try:
+        wait_until_ready(url, proc)
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def _flow_runs(api: str, **criteria) -> list[dict]:
+    import httpx
+
+    return httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": criteria, "sort": "START_TIME_ASC"}).json()
+
+
+def test_kill_9_on_a_persistent_prefect_server_the_next_stage_marks_the_flow_run_crashed(busy, team_api):
+    import httpx
+
+    proc = _stage(busy, "cams", api=team_api)
+    _wait_for_outputs(busy / "cams", proc, n=len(list((busy / "cams").glob("*.npz"))) + 2)
+    proc.kill()
+    proc.communicate(timeout=30)
+    [orphan] = _flow_runs(team_api)
+    assert orphan["state_type"] == "RUNNING" and "wsss-stage" in orphan["tags"]  # the server outlived it
+    assert f"wsss-owner:{boot_id()}/{proc.pid}/" in " ".join(orphan["tags"])
+    tasks = httpx.post(f"{team_api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [orphan["id"]]}}}).json()
+    assert "RUNNING" in {t["state_type"] for t in tasks}
+
+    nxt = _stage(busy, "cams", api=team_api)  # the next stage on this host: the orphan first
+    try:
+        deadline = time.monotonic() + 300
+        while _flow_runs(team_api, id={"any_": [orphan["id"]]})[0]["state_type"] != "CRASHED":
+            assert nxt.poll() is None and time.monotonic() < deadline, nxt.communicate()[1][-3000:]
+            time.sleep(1)
+        _wait_for_outputs(busy / "cams", nxt, n=len(list((busy / "cams").glob("*.npz"))) + 1)
+        runs = _flow_runs(team_api)
+        assert [r["state_type"] for r in runs] == ["CRASHED", "RUNNING"]  # its own run, alive, is left alone
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from wsss.prefect_runs import mark_crashed_runs
+
+        with temporary_settings({PREFECT_API_URL: team_api}):
+            assert mark_crashed_runs() == []  # nothing else is an orphan
+    finally:
+        nxt.send_signal(signal.SIGTERM)
+        out, err = nxt.communicate(timeout=120)
+    assert f"cams: flow run {orphan['id']} marked CRASHED (its stage process was gone)" in err
+    assert runs[0]["state"]["message"] == ("its stage process was gone (killed outright); marked by a later stage "
+                                           "on its host")
+    tasks = httpx.post(f"{team_api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [orphan["id"]]}}}).json()
+    assert tasks and {t["state_type"] for t in tasks} <= {"COMPLETED", "CRASHED"}
 
 
 def test_kill_9_leaves_no_server_and_the_next_start_ends_the_run(busy):
