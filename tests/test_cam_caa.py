@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_cam_reference import one_thread  # noqa: F401  (autouse fixture for this module)
-from test_cam_reference import ref_box_mask, scale_cam_image
+from helpers.clip_es import one_thread  # noqa: F401  (autouse fixture for this module)
+from helpers.clip_es import ref_box_mask, scale_cam_image
 
 from wsss.cam.caa import attention_affinity, box_mask, box_masks, caa_refine, sinkhorn, symmetrize_
 from wsss.cam.gradcam import minmax_normalize

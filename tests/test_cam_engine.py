@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cam_reference import one_thread  # noqa: F401  (autouse fixture for this module)
-from test_cam_reference import ReferenceClipEs, random_image, tiny_clip
+from helpers.clip_es import one_thread  # noqa: F401  (autouse fixture for this module)
+from helpers.clip_es import ReferenceClipEs, random_image, tiny_clip
 
 from wsss.settings import CamsSettings
 from wsss.cam.engine import CamEngine, size_groups, upsample

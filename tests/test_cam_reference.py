@@ -1,13 +1,10 @@
 """The CLIP-ES reference's own pieces checked against independent definitions. The reference itself (the
 paper code's structure, transcribed for open_clip) and the tiny random CLIP models the CAM tests share live
 in `benchmarks/cam_reference.py`, free of pytest, so that `benchmarks/gpu_check.py` runs it on a bare GPU
-machine; they are re-exported here for the test modules that import them from this one.
+machine (`helpers.clip_es` hands them to the test modules).
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,19 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from cam_reference import (ReferenceClipEs, _to_seq_first, random_image, ref_block, ref_box_mask,  # noqa: E402,F401
-                           ref_preprocess, scale_cam_image, scoremap2bbox, tiny_clip, upsample_pos_emb)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers make them ~20×
-    slower; the CAM test modules import this fixture."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from helpers.clip_es import one_thread  # noqa: F401  (autouse fixture for this module)
+from helpers.clip_es import ref_block, ref_box_mask, tiny_clip
 
 
 # ---- the reference's own pieces checked against independent definitions ----------------------------------

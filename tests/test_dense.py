@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cam_reference import one_thread  # noqa: F401  (autouse fixture for this module)
-from test_cam_reference import (ReferenceClipEs, random_image, ref_block, ref_preprocess,
-                                tiny_clip, upsample_pos_emb)
+from helpers.clip_es import one_thread  # noqa: F401  (autouse fixture for this module)
+from helpers.clip_es import (ReferenceClipEs, random_image, ref_block, ref_preprocess,
+                             tiny_clip, upsample_pos_emb)
 
 from wsss.clip.dense import (OPENAI_MEAN, OPENAI_STD, DenseViT, accumulate_attention, image_mean_std,
                              interpolate_pos_embed, padded_size, preprocess)

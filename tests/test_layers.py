@@ -2,7 +2,8 @@
 the library never imports the stages or the flows; `wsss.cam` never imports `wsss.prompts` (the prompts
 learn from teacher CAMs, so they sit above); the operations code (`wsss.ops`, `wsss.tracking`) imports no
 ML package; a stage imports no other stage (only `stages.common`; `teacher` is the documented view of
-`cams`); and no import cycle runs through the library."""
+`cams`); no import cycle runs through the library; and test modules share code through `tests/helpers/`,
+never by importing each other."""
 
 from __future__ import annotations
 
@@ -78,6 +79,13 @@ def test_a_stage_imports_no_other_stage():
     stages = modules(REPO / "stages")
     bad = {m: sorted(i for i in imported(p) if i in stages and i not in (m, "stages", "stages.common")
                      and (m, i) not in VIEWS) for m, p in stages.items()}
+    assert not {m: v for m, v in bad.items() if v}
+
+
+def test_test_modules_import_no_other_test_module():
+    """What they share is in `tests/helpers/`."""
+    bad = {p.name: sorted(i for i in imported(p) if i.split(".")[0].startswith("test_"))
+           for p in sorted((REPO / "tests").glob("test_*.py"))}
     assert not {m: v for m, v in bad.items() if v}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cam_reference import tiny_clip
+from helpers.clip_es import tiny_clip
 
 from wsss.errors import ConfigError
 from wsss.prompts.learner import PLACEHOLDER, PromptLearner, word_init

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_cam_reference import tiny_clip
+from helpers.clip_es import tiny_clip
 
 from wsss.cam.engine import CamEngine
 from wsss.errors import ConfigError

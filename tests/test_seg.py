@@ -374,7 +374,7 @@ def test_mlflow_models_serve_answers_pixel_and_encoded_images(store, tmp_path):
 
 
 def test_clip_backbone_segmenter_handles_any_size_and_stays_frozen():
-    from test_cam_reference import tiny_clip
+    from helpers.clip_es import tiny_clip
     from torchvision.models.segmentation.deeplabv3 import DeepLabV3
 
     from wsss.seg.infer import predict_probs

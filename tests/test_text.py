@@ -5,8 +5,8 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cam_reference import one_thread  # noqa: F401  (autouse fixture for this module)
-from test_cam_reference import random_image, tiny_clip
+from helpers.clip_es import one_thread  # noqa: F401  (autouse fixture for this module)
+from helpers.clip_es import random_image, tiny_clip
 
 from wsss.clip.text import (BACKGROUND_WORDS, COCO_BACKGROUND, DEFAULT_TEMPLATE, SYNONYMS, VOC_BACKGROUND,
                             candidate_templates, encode_class_texts, encode_texts, fuse_synonyms, select_template,
