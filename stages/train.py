@@ -17,33 +17,21 @@ def has_work(settings) -> bool:
     return current_key(settings) != segmenter_key(settings, training_split(settings))
 
 
-@stage("train", ["train"], has_work=has_work,
-       imports=("torch", "torchvision", "wsss.seg.train", "wsss.seg.infer", "wsss.metrics.evaluate"))
+@stage("train", ["train"], has_work=has_work, imports=("torch", "torchvision", "wsss.seg.train", "wsss.seg.infer"))
 def train(settings, run) -> dict:
-    """Train (resuming when a checkpoint of the same inputs exists), validate at each checkpoint, log."""
+    """Train (resuming when a checkpoint of the same inputs exists) and log. No ground truth is read here,
+    not even for a validation curve: the `evaluate` stage scores the finished segmenter."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    from wsss.data.manifest import read_dataset
-    from wsss.seg.infer import IMAGENET_MEAN, IMAGENET_STD, evaluate_segmenter
     from wsss.seg.run import train_from_settings
-
-    val = read_dataset(settings.data.prepared)
-    val = val.split(settings.evaluate.split) if settings.evaluate.split in set(val.table["split"]) else None
-    info = {"classes": list(val.vocab.names) if val is not None else [], "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
     def on_log(iteration: int, metrics: dict) -> None:
         run.log_metrics(metrics, step=iteration)
 
-    def on_checkpoint(iteration: int, model) -> None:
-        """Validation mIoU at each checkpoint: logged to follow training, never used to pick a model."""
-        if val is not None and (val.table["mask"] != "").any():
-            result, _ = evaluate_segmenter(model, info, val, progress=False)
-            run.log_metrics({"val_miou": result["miou"]}, step=iteration)
-
     monitor = SystemMetricsMonitor(run.run_id, sampling_interval=5, tracking_uri=run.client.tracking_uri)
     monitor.start()
     try:
-        stats = train_from_settings(settings, on_log, on_checkpoint)
+        stats = train_from_settings(settings, on_log)
     finally:
         monitor.finish()
     run.log_metrics(stats)

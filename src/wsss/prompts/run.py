@@ -47,7 +47,8 @@ def feature_key(settings: Settings, ds) -> str:
     cfg = settings.prompts
     return fingerprint({"clip": clip_identity(settings.clip.model, settings.clip.pretrained),
                         "precision": settings.clip.precision, "teacher": keys, "source": cfg.source,
-                        "mask_threshold": cfg.mask_threshold, "amp": cfg.amp})
+                        "mask_threshold": cfg.mask_threshold, "image_embedding": cfg.image_embedding,
+                        "amp": cfg.amp})
 
 
 def prompts_key(settings: Settings, ds) -> str:
@@ -131,7 +132,8 @@ def learn_prompts(settings: Settings, on_epoch: Callable[[int, dict], None] | No
     class_text = encode_class_texts(model, tokenizer, fuse_synonyms(names, text.synonyms), list(text.templates))
     words = background_words(text.background)
     init = word_init(model, tokenizer, words, len(names), cfg.length) if cfg.init == "words" else None
-    learner = PromptLearner(model, tokenizer, len(names), cfg.length, cfg.template, init, cfg.seed).to(device)
+    learner = PromptLearner(model, tokenizer, len(names), cfg.length, cfg.template, init, cfg.seed,
+                            cfg.period_quirk).to(device)
     logit_scale = float(model.logit_scale.detach().float().exp())
     start = time.perf_counter()
     history = train_prompts(learner, feats, class_text, cfg, logit_scale, Path(cfg.out) / CHECKPOINT_FILE, key,

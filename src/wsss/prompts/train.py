@@ -2,8 +2,9 @@
 
 Both CLIP encoders are frozen and the teacher maps are fixed, so every crop's image embedding is computed
 once: for each training image and each class it carries, M = the class's teacher map (image labels
-only, never ground truth), X_b = (1 − M) ⊙ X and X_f = M ⊙ X on the normalised pixels, embedded by the
-mean-of-patch-tokens path CAM scoring uses (`DenseViT.encode`). Training then only runs the text tower:
+only, never ground truth), X_b = (1 − M) ⊙ X and X_f = M ⊙ X on the normalised pixels, embedded with
+CLIP's class token (`prompts.image_embedding: cls`, SemPLeS) or the mean of its patch tokens
+(`patch_mean`, the read-out CAM scoring uses). Training then only runs the text tower:
 each step encodes the C prompts and scores a batch of (crop, class) pairs with `prompt_loss`. One
 checkpoint per epoch (prompt tokens, AdamW state, loss history); a rerun with the same inputs resumes
 from it, and the per-epoch shuffle depends only on (seed, epoch), so a resumed run ends where an
@@ -12,6 +13,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,12 +56,21 @@ def teacher_mask(record, j: int, source: str, threshold: float | None) -> np.nda
     return (m > threshold).astype(np.float32) if threshold is not None else m
 
 
+def masked_crop_embeddings(visual, pixels: torch.Tensor, mask: torch.Tensor,
+                           read_out: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E((1 − M) ⊙ X), E(M ⊙ X)) for normalised pixels X [B, 3, H, W] and soft masks M [B, 1, H, W]: the
+    background and object crops SemPLeS embeds (a cut-out pixel becomes 0, i.e. the mean colour)."""
+    from wsss.clip.embed import image_embedding
+
+    return image_embedding(visual, pixels * (1 - mask), read_out), image_embedding(visual, pixels * mask, read_out)
+
+
 def crop_features(ds, teacher_dir: str | Path, model, cfg: PromptsSettings, key: str = "",
                   progress: bool = True) -> CropFeatures:
     """Embed every (image, class) pair's background and object crops, streaming the images of `ds`."""
-    from wsss.clip.dense import DenseViT, image_mean_std, preprocess
+    from wsss.clip.dense import _pair, image_mean_std, preprocess
 
-    dense = DenseViT(model.visual, attn_layers=0)
+    patch_size = _pair(model.visual.patch_size)
     mean, std = image_mean_std(model.visual)
     device = next(model.parameters()).device
     pending: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor, int]]] = {}  # crops by padded size
@@ -69,15 +80,16 @@ def crop_features(ds, teacher_dir: str | Path, model, cfg: PromptsSettings, key:
         batch = pending.pop(size)
         x = torch.stack([x for x, _, _ in batch]).to(device)
         m = torch.stack([m for _, m, _ in batch]).to(device)[:, None]
-        with autocast(device, cfg.amp):
-            background.append(dense.encode(x * (1 - m)).float().cpu())
-            foreground.append(dense.encode(x * m).float().cpu())
+        with torch.no_grad(), autocast(device, cfg.amp):
+            b, f = masked_crop_embeddings(model.visual, x, m, cfg.image_embedding)
+        background.append(b.cpu())
+        foreground.append(f.cpu())
         classes.extend(k for _, _, k in batch)
 
     with WarmProgress(len(ds), "prompt crops", disable=not progress) as bar:
         for _, row in ds.table.iterrows():
             interrupt.check()
-            x = preprocess(load_rgb(ds.image_path(row)), dense.patch_size, mean, std)
+            x = preprocess(load_rgb(ds.image_path(row)), patch_size, mean, std)
             record = load_cam(cam_path(teacher_dir, row["id"]))
             size = tuple(x.shape[-2:])
             for j, label in enumerate(record.labels):
@@ -99,6 +111,14 @@ def crop_features(ds, teacher_dir: str | Path, model, cfg: PromptsSettings, key:
 def loss_weights(cfg: PromptsSettings) -> PromptLossWeights:
     return PromptLossWeights(class_push=cfg.class_push, foreground_repel=cfg.foreground_repel,
                              softmax_match=cfg.softmax_match)
+
+
+def learning_rate(cfg: PromptsSettings, epoch: int) -> float:
+    """The epoch's learning rate: constant, or cosine-annealed to 0 over the run and stepped per epoch
+    (SemPLeS's timm schedule: no warm-up, minimum 0)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -131,6 +151,8 @@ def train_prompts(learner: PromptLearner, feats: CropFeatures, class_text: torch
     with tqdm(total=cfg.epochs, initial=len(history), desc="prompt epochs", unit="epoch", disable=not progress) as bar:
         for epoch in range(len(history), cfg.epochs):
             totals: dict[str, float] = {}
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, epoch)
             order = epoch_order(len(feats), cfg.seed, epoch).to(device)
             for start in range(0, len(order), cfg.batch_size):
                 interrupt.check()
@@ -145,7 +167,8 @@ def train_prompts(learner: PromptLearner, feats: CropFeatures, class_text: torch
                 scaler.update()
                 for name, value in {"loss": float(loss.detach()), **terms}.items():
                     totals[name] = totals.get(name, 0.0) + value * len(idx)
-            record = {"epoch": epoch + 1, **{k: v / len(order) for k, v in totals.items()}}
+            record = {"epoch": epoch + 1, "lr": learning_rate(cfg, epoch),
+                      **{k: v / len(order) for k, v in totals.items()}}
             history.append(record)
             if checkpoint:
                 with atomic_path(checkpoint) as tmp:

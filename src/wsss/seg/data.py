@@ -23,8 +23,9 @@ def check_pair(image: np.ndarray, mask: np.ndarray, image_path, mask_path) -> No
 
 
 class SegmentationPairs(TorchDataset):
-    """(uint8 image [3, H, W], int64 labels [H, W]) for each row of `ds`; labels from `mask_dir/<id>.png`
-    or, with mask_dir None, the manifest's ground truth. `transform(image, mask, g)` runs on the pair with a
+    """(uint8 image [3, H, W], int64 labels [H, W], image labels [C] multi-hot) for each row of `ds`; label
+    maps from `mask_dir/<id>.png` or, with mask_dir None, the manifest's ground truth; the image labels are
+    the manifest's (what the refinement term uses). `transform(image, mask, g)` runs on the pair with a
     per-sample generator seeded from (seed, epoch, index), so a resumed run sees the same crops."""
 
     def __init__(self, ds, mask_dir: str | Path | None, transform=None, seed: int = 0):
@@ -54,4 +55,6 @@ class SegmentationPairs(TorchDataset):
         if self.transform is not None:
             g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
             x, y = self.transform(x, y, g)
-        return x, y
+        present = torch.zeros(self.ds.vocab.num_classes, dtype=torch.bool)
+        present[[int(c) - 1 for c in row.labels]] = True
+        return x, y, present

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 
@@ -38,17 +39,31 @@ class ToyBackbone(nn.Module):
         return {"out": self.body(x)}
 
 
+class PixelStem(nn.Module):
+    """Low-level features straight from the pixels at stride 4 (two stride-2 stages): the edges a ViT's
+    patch tokens (stride 8 or 16) blur away, for the DeepLab-V3+ decoder of a `clip` backbone."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.out_channels = 2 * width
+        self.body = nn.Sequential(_conv(3, width, 2), _conv(width, width), _conv(width, 2 * width, 2),
+                                  _conv(2 * width, 2 * width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 class ClipBackbone(nn.Module):
     """An open_clip ViT image tower as a dense backbone: its patch tokens after `ln_post` as a
     [B, D, h, w] map (output stride = the patch size), the positional embedding resized to each input's
     grid. For the toy world it is what ImageNet weights are for real data: a backbone that already knows
     the images, here from the project's own CLIP."""
 
-    def __init__(self, visual: nn.Module, trainable: bool = False):
+    def __init__(self, visual: nn.Module, trainable: bool = False, stem: PixelStem | None = None):
         super().__init__()
         from wsss.clip.dense import _pair
 
-        self.visual, self.trainable = visual, trainable
+        self.visual, self.trainable, self.stem = visual, trainable, stem
         for p in visual.parameters():
             p.requires_grad_(trainable)
         self.patch_size = _pair(visual.patch_size)[0]
@@ -56,10 +71,14 @@ class ClipBackbone(nn.Module):
         self.out_channels = visual.transformer.width
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if not self.trainable:  # a frozen tower: features without a backward through it (CPU-cheap)
+        if self.trainable:
+            features = self._forward(x)
+        else:  # a frozen tower: features without a backward through it (CPU-cheap)
             with torch.no_grad():
-                return self._forward(x)
-        return self._forward(x)
+                features = self._forward(x)
+        if self.stem is not None:
+            features["low"] = self.stem(x)
+        return features
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         from wsss.clip.dense import embed_tokens, interpolate_pos_embed
@@ -72,6 +91,30 @@ class ClipBackbone(nn.Module):
         b, n, d = tokens.shape
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         return {"out": tokens.transpose(1, 2).reshape(b, d, h, w)}
+
+
+class DeepLabV3Plus(nn.Module):
+    """DeepLab-V3+ (Chen et al., 2018): the ASPP output upsampled to the stride-4 low-level features,
+    concatenated with their 1×1 projection, two 3×3 convolutions, the classifier, bilinear to the input.
+    The backbone returns {"out": deep features, "low": stride-4 features}."""
+
+    def __init__(self, backbone: nn.Module, in_channels: int, low_channels: int, num_classes: int,
+                 rates: tuple[int, ...], channels: int):
+        super().__init__()
+        self.backbone = backbone
+        self.aspp = ASPP(in_channels, list(rates), channels)
+        low = max(8, channels // 4)
+        self.project = nn.Sequential(nn.Conv2d(low_channels, low, 1, bias=False), nn.BatchNorm2d(low),
+                                     nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(_conv(channels + low, channels), _conv(channels, channels))
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        low = self.project(features["low"])
+        deep = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.classifier(self.fuse(torch.cat([deep, low], dim=1)))
+        return {"out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
 
 
 def clip_tower(model_name: str, weights: str | None) -> nn.Module:
@@ -102,22 +145,32 @@ def deeplab_head(in_channels: int, num_classes: int, rates: tuple[int, ...], cha
 
 
 def build_segmenter(arch: str, num_classes: int, weights: str | None = None, width: int = 16,
-                    clip_model: str | None = None) -> DeepLabV3:
-    """A DeepLab-V3 with `num_classes` outputs (background included); `weights`: a local state dict
-    (for `clip`: the CLIP checkpoint of `clip_model` whose image tower becomes the backbone)."""
+                    clip_model: str | None = None, head: str = "deeplabv3",
+                    trainable_backbone: bool = False) -> nn.Module:
+    """A DeepLab-V3 (`head` deeplabv3plus: V3+) with `num_classes` outputs (background included);
+    `weights`: a local state dict (for `clip`: the CLIP checkpoint of `clip_model` whose image tower becomes
+    the backbone). `trainable_backbone`: whether the CLIP tower gets gradients (other backbones always do)."""
+    if head == "deeplabv3plus" and arch not in ("clip", "resnet50", "resnet101"):
+        raise ConfigError(f"train.head deeplabv3plus works with arch clip, resnet50 or resnet101, not {arch}")
     if arch == "toy":
         backbone = ToyBackbone(width)
         model = DeepLabV3(backbone, deeplab_head(backbone.out_channels, num_classes, (2, 4, 6), 2 * width))
     elif arch == "clip":
         if not clip_model:
             raise ConfigError("train.arch clip needs the CLIP model name (clip.model)")
-        backbone = ClipBackbone(clip_tower(clip_model, weights), trainable=False)
+        stem = PixelStem(width) if head == "deeplabv3plus" else None
+        backbone = ClipBackbone(clip_tower(clip_model, weights), trainable=trainable_backbone, stem=stem)
+        if stem is not None:
+            return DeepLabV3Plus(backbone, backbone.out_channels, stem.out_channels, num_classes, (2, 4, 6), 4 * width)
         return DeepLabV3(backbone, deeplab_head(backbone.out_channels, num_classes, (2, 4, 6), 4 * width))
     elif arch in ARCHITECTURES:
         from torchvision.models import segmentation
 
         model = getattr(segmentation, f"deeplabv3_{arch}")(weights=None, weights_backbone=None,
                                                            num_classes=num_classes, aux_loss=False)
+        if head == "deeplabv3plus":  # ResNet's layer1 (stride 4, 256 channels) as the low-level features
+            model.backbone.return_layers["layer1"] = "low"
+            model = DeepLabV3Plus(model.backbone, 2048, 256, num_classes, (12, 24, 36), 256)
     else:
         raise ConfigError(f"train.arch: unknown architecture {arch!r} (one of {', '.join(ARCHITECTURES)})")
     if weights:

@@ -50,7 +50,22 @@ def segmenter_key(settings: Settings, ds) -> str:
     weights = cfg.weights or (settings.clip.pretrained if cfg.arch == "clip" else None)
     return fingerprint({"train": cfg.work_settings(), "labels": labels, "classes": ds.vocab.names,
                         "weights": weights_id(weights) if weights else None,
-                        "clip": settings.clip.model if cfg.arch == "clip" else None})
+                        "clip": settings.clip.model if cfg.arch == "clip" else None,
+                        "refine": refinement_key(settings) if cfg.prompt_refine else None})
+
+
+def refinement_key(settings: Settings) -> dict:
+    """What the prompt-refinement term depends on: the learned prompts (their own key), the CLIP and the
+    crop embedding they were learned against."""
+    from wsss.identity import weights_id
+    from wsss.prompts.store import prompts_file, stored_prompts_key
+
+    path = prompts_file(settings)
+    key = stored_prompts_key(path)
+    if key is None:
+        raise DataError(f"{path}: learned prompts missing (train.prompt_refine needs them: run `dvc repro prompts`)")
+    return {"prompts": key, "clip": [settings.clip.model, weights_id(settings.clip.pretrained)],
+            "image_embedding": settings.prompts.image_embedding}
 
 
 def current_key(settings: Settings) -> str | None:
@@ -85,8 +100,9 @@ def train_from_settings(settings: Settings, on_log: Callable | None = None, on_c
 
     from wsss.io import write_json
     from wsss.seg.data import SegmentationPairs
-    from wsss.seg.infer import save_segmenter
-    from wsss.seg.train import World, train_segmenter
+    from wsss.seg.infer import IMAGENET_MEAN, IMAGENET_STD, save_segmenter
+    from wsss.seg.refine import prompt_refinement
+    from wsss.seg.train import World, pick_device, train_segmenter
     from wsss.seg.transforms import train_transform
 
     cfg = settings.train
@@ -97,11 +113,13 @@ def train_from_settings(settings: Settings, on_log: Callable | None = None, on_c
     model = new_segmenter(settings, ds.vocab.num_classes)
     transform = partial(_transform, crop=cfg.crop, scale=tuple(cfg.scale), fn=train_transform)
     pairs = SegmentationPairs(ds, label_dir(settings), transform, cfg.seed)
-    stats = train_segmenter(model, pairs, cfg, cfg.out, key, on_log, on_checkpoint, progress)
+    refine = prompt_refinement(settings, list(ds.vocab.names), IMAGENET_MEAN, IMAGENET_STD,
+                               pick_device(cfg.device, World.from_env()))
+    stats = train_segmenter(model, pairs, cfg, cfg.out, key, on_log, on_checkpoint, progress, refine)
     if World.from_env().main:
         save_segmenter(Path(cfg.out) / SEGMENTER_FILE, model, cfg.arch, cfg.width, list(ds.vocab.names),
                        {"key": key, "iterations": stats["iterations"], "target": cfg.target},
-                       settings.clip.model if cfg.arch == "clip" else None)
+                       settings.clip.model if cfg.arch == "clip" else None, cfg.head)
         write_json(Path(cfg.out) / KEY_FILE, {"key": key, "target": cfg.target, "classes": list(ds.vocab.names)})
     return {**stats, "images": len(ds)}
 
@@ -110,11 +128,13 @@ def new_segmenter(settings: Settings, num_classes: int):
     """The untrained segmenter the settings describe (C classes + background); `clip` takes the image
     tower of `clip.model` with `train.weights` or else `clip.pretrained`."""
     from wsss.seg.model import build_segmenter
+    from wsss.seg.train import backbone_lr
 
     cfg = settings.train
     clip_model = settings.clip.model if cfg.arch == "clip" else None
     weights = cfg.weights or (settings.clip.pretrained if cfg.arch == "clip" else None)
-    return build_segmenter(cfg.arch, num_classes + 1, weights, cfg.width, clip_model)
+    return build_segmenter(cfg.arch, num_classes + 1, weights, cfg.width, clip_model, cfg.head,
+                           trainable_backbone=backbone_lr(cfg) > 0)
 
 
 def _transform(image, mask, g, *, crop, scale, fn):

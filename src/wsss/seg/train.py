@@ -83,14 +83,38 @@ def pick_device(spec: str, world: World) -> torch.device:
     return torch.device(pick(spec, world.local_rank))
 
 
+def backbone_lr(cfg: TrainSettings) -> float:
+    """The backbone's learning-rate factor: `train.backbone_lr`, or the architecture's default (the CLIP
+    tower frozen, an ImageNet backbone fine-tuned at the full rate)."""
+    if cfg.backbone_lr is not None:
+        return cfg.backbone_lr
+    return 0.0 if cfg.arch == "clip" else 1.0
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainSettings) -> list[dict]:
+    """The pretrained backbone at lr × `backbone_lr`, everything else (head, decoder, pixel stem) at lr;
+    frozen parameters are left out."""
+    factor = backbone_lr(cfg)
+    backbone, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            pretrained = name.startswith("backbone.") and not name.startswith("backbone.stem.")
+            (backbone if pretrained else rest).append(p)
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if backbone and factor > 0:
+        groups.append({"params": backbone, "lr": cfg.lr * factor})
+    return groups
+
+
 def train_segmenter(model: torch.nn.Module, train_set, cfg: TrainSettings, out_dir: str | Path, key: str = "",
                     on_log: Callable[[int, dict], None] | None = None,
                     on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, refine: torch.nn.Module | None = None) -> dict:
     """Train `model` in place for `cfg.iterations` iterations; returns {"iterations", "resumed_from",
     "seconds", "images_per_second", "data_seconds"}. `on_log(iteration, metrics)` gets loss and LR every
     `cfg.log_every` iterations (rank 0); `on_checkpoint(iteration, model)` runs after each checkpoint
-    (rank 0, model in eval mode), e.g. a validation pass."""
+    (rank 0, model in eval mode), e.g. a validation pass. `refine(x, logits, labels)`, when given, is an
+    extra loss term on batches (x, y, image labels) — SemPLeS's prompt refinement (`wsss.seg.refine`)."""
     world = World.from_env()
     device = pick_device(cfg.device, world)
     model.to(device)
@@ -107,7 +131,8 @@ def train_segmenter(model: torch.nn.Module, train_set, cfg: TrainSettings, out_d
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False,
                         generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG (dropout's)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, poly(cfg.iterations, cfg.poly_power))
     amp = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -133,13 +158,18 @@ def train_segmenter(model: torch.nn.Module, train_set, cfg: TrainSettings, out_d
         sampler.set_epoch(epoch, skip)
         train_set.set_epoch(epoch)
         fetched = time.perf_counter()
-        for x, y in loader:
+        for x, y, *labels in loader:
             interrupt.check()
             data_seconds += time.perf_counter() - fetched
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = ddp(x)["out"]
+                extra = refine(x, logits, labels[0].to(device)) if refine is not None else None
             loss = confidence_guided_loss(logits, y)
+            terms = {"loss_cgl": float(loss.detach())}
+            if extra is not None:
+                loss = loss + extra
+                terms["loss_refine"] = float(extra.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -149,7 +179,7 @@ def train_segmenter(model: torch.nn.Module, train_set, cfg: TrainSettings, out_d
             seen += len(x) * world.size
             bar.update(1)
             if world.main and on_log and (iteration % cfg.log_every == 0 or iteration == cfg.iterations):
-                on_log(iteration, {"loss": float(loss.detach()), "lr": schedule.get_last_lr()[0]})
+                on_log(iteration, {"loss": float(loss.detach()), **terms, "lr": schedule.get_last_lr()[0]})
             if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
                 if world.main:
                     save_checkpoint(checkpoint, key, model, optimizer, schedule, scaler, iteration)
