@@ -316,7 +316,7 @@ def _serve(uri: str, port: int, env: dict):
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_pixel_and_encoded_images(store, tmp_path):
-    """The README's curl example against a real `mlflow models serve` of the champion."""
+    """The documented curl example (docs/operations.md) against a real `mlflow models serve` of the champion."""
     import base64
     import io
     import os
@@ -358,7 +358,7 @@ def test_mlflow_models_serve_answers_pixel_and_encoded_images(store, tmp_path):
         status, answer = _post(url, {"inputs": {"image": images[:1]}})  # no palette unless asked
         assert status == 200 and list(answer["predictions"][0]) == ["labels"]
 
-        readme = (Path(__file__).parents[1] / "README.md").read_text()  # the documented example, run as written
+        readme = (Path(__file__).parents[1] / "docs/operations.md").read_text()  # the documented example, as written
         curl = re.search(r"^curl -s http://127\.0\.0\.1:5001/invocations .*?[^\\]$", readme, re.M | re.S).group(0)
         out = subprocess.run(["bash", "-c", curl.replace(":5001/", f":{port}/")], cwd=tmp_path, capture_output=True,
                              text=True, timeout=60, check=True).stdout
