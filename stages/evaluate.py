@@ -31,7 +31,8 @@ def evaluate(settings, run) -> dict:
     model, info = load_segmenter(segmenter, pick_device(cfg.device, World()))
     ds = read_dataset(settings.data.prepared).split(cfg.split)
     single, kept = evaluate_segmenter(model, info, ds, (1.0,), False, keep=cfg.examples)
-    multi, _ = evaluate_segmenter(model, info, ds, cfg.scales, cfg.flip)
+    same = [float(x) for x in cfg.scales] == [1.0] and not cfg.flip  # the multi-scale pass would repeat it
+    multi = single if same else evaluate_segmenter(model, info, ds, cfg.scales, cfg.flip)[0]
     results = {"single_scale": single, "multi_scale": multi}
     metrics = {name: {k: v for k, v in metrics_summary(r).items() if k != "iou"} for name, r in results.items()}
     with atomic_dir(Path(cfg.out)) as tmp:
