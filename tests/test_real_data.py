@@ -1,11 +1,11 @@
-"""End-to-end: the README's "Real data" switch, `dvc repro` in a temporary copy of the repository.
+"""End-to-end: the "Real data" switch (docs/real-data.md), `dvc repro` in a temporary copy of the repository.
 
-A small VOC-format set at VOC image sizes (500×375, 375×500, 500×333 JPEGs, XML labels, palette GT, the
-20 VOC classes with five present), a ViT-B-16-quickgelu checkpoint file with random weights (nothing
-downloads), CLIP-ES's text side, SemPLeS's published prompt settings (2 epochs instead of 60), DeepLab-V3
-ResNet-50 at crop 321 for 2 iterations with `train.weights: null` (no ImageNet file here: random init).
-Checks that every stage runs, the model registers and `wsss predict` returns full-size masks; the scores
-of random weights mean nothing and are not checked.
+A small VOC-format set at VOC image sizes (500×375, 375×500, 500×333 JPEGs, XML labels, palette GT,
+splits train_aug + val, the 20 VOC classes with five present), a ViT-B-16-quickgelu checkpoint file with
+random weights (nothing downloads), CLIP-ES's text side, SemPLeS's published prompt settings (2 epochs
+instead of 60), DeepLab-V3 ResNet-50 at crop 321 for 2 iterations with `train.weights: null` (no ImageNet
+file here: random init). Checks that every stage runs, the model registers and `wsss predict` returns
+full-size masks; the scores of random weights mean nothing and are not checked.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~4 min on 2 free c
 VOC_ROOT = "data/raw/VOCdevkit/VOC2012"
 CLIP_MODEL = "ViT-B-16-quickgelu"
 # (id, (width, height), [(class, centre x, centre y, radius x, radius y) as fractions of the image])
-IMAGES = {
-    "train": [("2007_000032", (500, 375), [("cat", .35, .55, .22, .3), ("dog", .72, .5, .18, .25)]),
-              ("2007_000039", (375, 500), [("person", .5, .45, .25, .35)]),
-              ("2007_000063", (500, 333), [("car", .5, .6, .35, .25)]),
-              ("2007_000068", (500, 375), [("bird", .45, .4, .2, .18), ("person", .8, .65, .12, .3)])],
+IMAGES = {  # split → images; train_aug as `wsss data fetch voc` lays it out (masks in SegmentationClassAug)
+    "train_aug": [("2007_000032", (500, 375), [("cat", .35, .55, .22, .3), ("dog", .72, .5, .18, .25)]),
+                  ("2007_000039", (375, 500), [("person", .5, .45, .25, .35)]),
+                  ("2007_000063", (500, 333), [("car", .5, .6, .35, .25)]),
+                  ("2007_000068", (500, 375), [("bird", .45, .4, .2, .18), ("person", .8, .65, .12, .3)])],
     "val": [("2007_000129", (375, 500), [("cat", .5, .5, .3, .25)]),
             ("2007_000170", (500, 333), [("car", .4, .6, .3, .2), ("person", .75, .4, .1, .3)])],
 }
@@ -63,17 +63,19 @@ def _voc_image(seed: int, size, objects) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_voc_set(root: Path) -> Path:
-    """JPEGImages, Annotations (object names + size), SegmentationClass (VOC palette), ImageSets/Segmentation."""
+    """JPEGImages, Annotations (object names + size), VOC-palette masks (SegmentationClassAug for train_aug,
+    SegmentationClass for val), ImageSets/Segmentation/<split>.txt."""
     from wsss.data.palette import palette_image
 
-    for d in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
+    for d in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
         (root / d).mkdir(parents=True, exist_ok=True)
     seed = 0
     for split, images in IMAGES.items():
         for id_, (w, h), objects in images:
             img, gt = _voc_image(seed := seed + 1, (w, h), objects)
             Image.fromarray(img, "RGB").save(root / "JPEGImages" / f"{id_}.jpg", quality=90)
-            palette_image(gt).save(root / "SegmentationClass" / f"{id_}.png")
+            palette_image(gt).save(root / ("SegmentationClassAug" if split == "train_aug" else "SegmentationClass")
+                                   / f"{id_}.png")
             objs = "".join(f"<object><name>{o[0]}</name><difficult>0</difficult></object>" for o in objects)
             (root / "Annotations" / f"{id_}.xml").write_text(
                 f"<annotation><filename>{id_}.jpg</filename><size><width>{w}</width><height>{h}</height>"
@@ -96,21 +98,23 @@ def random_vit_b16(tmp_path_factory) -> Path:
 
 
 def real_data_params(params: dict, checkpoint: Path) -> dict:
-    """The README's "Real data" switch (VOC, ViT-B-16, CLIP-ES text side, SemPLeS prompts, DeepLab-V3
-    ResNet-50 at crop 321), shrunk only in epochs, iterations, the ablation (val, one α) and report sizes."""
+    """The "Real data" switch of docs/real-data.md (VOC train_aug, ViT-B-16, CLIP-ES text side, SemPLeS
+    prompts, DeepLab-V3 ResNet-50 at crop 321), shrunk only in epochs, iterations, the ablation (val, one
+    α) and report sizes."""
     switch = {
         "toyworld": {"num_train": 2, "num_val": 1, "image_size": 32},  # still a stage; unused
-        "data": {"root": VOC_ROOT, "format": "voc", "splits": ["train", "val"]},
+        "data": {"root": VOC_ROOT, "format": "voc", "splits": ["train_aug", "val"]},
         "clip": {"model": CLIP_MODEL, "pretrained": str(checkpoint)},
         "text": {"templates": ["a clean origami {}."], "synonyms": "voc", "background": "voc",
                  "background_prompts": "learned"},
         "prompts": {"length": 30, "init": "uniform", "mask_threshold": None, "period_quirk": True,
                     "image_embedding": "cls", "class_push": 0.02, "foreground_repel": 0.0, "softmax_match": 0.0,
-                    "epochs": 2, "batch_size": 128, "lr": 0.025, "lr_schedule": "cosine", "weight_decay": 0.03},
-        "cams": {"box_threshold": 0.4, "overlays": 2},
+                    "epochs": 2, "batch_size": 128, "lr": 0.025, "lr_schedule": "cosine", "weight_decay": 0.03,
+                    "split": "train_aug"},
+        "cams": {"box_threshold": 0.4, "splits": ["train_aug", "val"], "overlays": 2},
         "evaluate_masks": {"examples": 2, "alphas": [1], "ablation_split": "val"},
-        "train": {"arch": "resnet50", "weights": None, "crop": 321, "batch_size": 2, "iterations": 2,
-                  "checkpoint_every": 2, "log_every": 1, "workers": 0},
+        "train": {"arch": "resnet50", "weights": None, "split": "train_aug", "crop": 321, "batch_size": 2,
+                  "iterations": 2, "checkpoint_every": 2, "log_every": 1, "workers": 0},
         "evaluate": {"scales": [1.0], "flip": False, "examples": 2},
     }
     for section, values in switch.items():
