@@ -43,6 +43,7 @@ def test_params_yaml_lists_every_setting():
     ({"clip": {"device": "gpu"}}, "clip.device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
     ({"text": {"templates": ["a photo"]}}, "text.templates: expected a non-empty list of templates, each with {}"),
     ({"toyworld": {"size_range": [0.3]}}, "toyworld.size_range: expected a list of 2 numbers, got [0.3]"),
+    ({"prompts": {"split": "train_aug"}}, "prompts.split 'train_aug' is not among cams.splits ['train', 'val']"),
     (["cams"], "expected a mapping of sections at the top level, got list"),
 ])
 def test_each_mistake_is_one_line(raw, message):

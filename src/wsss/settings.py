@@ -300,6 +300,12 @@ class Settings:
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     ops: OpsSettings = field(default_factory=OpsSettings)
 
+    def __post_init__(self):
+        """Rules between sections."""
+        if self.prompts.split not in self.cams.splits:
+            raise ConfigError(f"prompts.split {self.prompts.split!r} is not among cams.splits "
+                              f"{list(self.cams.splits)}: the teacher makes CAMs only for those splits")
+
     def sections(self, names) -> dict[str, dict[str, Any]]:
         """{name: section as a plain dict} for the given section names (what a stage logs)."""
         return {name: getattr(self, name).as_dict() for name in names}

@@ -9,6 +9,7 @@ finished is deleted before its replacement exists.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ def cam_split(settings: Settings) -> Dataset:
     from wsss.data.manifest import read_dataset
 
     ds = read_dataset(settings.data.prepared)
+    missing = [s for s in settings.cams.splits if s not in set(ds.table["split"])]
+    if missing:
+        print(f"cams: no split {', '.join(map(repr, missing))} in the prepared dataset (it has "
+              f"{', '.join(sorted(set(ds.table['split'])))}); cams.splits lists it, no CAMs for it", file=sys.stderr)
     keep = ds.table["split"].isin(settings.cams.splits)
     return Dataset(ds.table[keep].reset_index(drop=True), ds.vocab, ds.root, ds.name)
 
