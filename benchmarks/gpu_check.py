@@ -463,9 +463,9 @@ def seg_settings(ctx: Context, iterations: int, amp: str | None):
     from wsss.settings import TrainSettings
 
     s = ctx.sizes
-    return TrainSettings(arch=s.seg_arch, width=s.seg_width, crop=s.seg_crop, batch_size=s.seg_batch,
-                         iterations=iterations, amp=amp, device=str(ctx.device), checkpoint_every=10 ** 9,
-                         log_every=1, workers=0, seed=0)
+    return TrainSettings(arch=s.seg_arch, head="deeplabv3", width=s.seg_width, crop=s.seg_crop,
+                         batch_size=s.seg_batch, iterations=iterations, amp=amp, device=str(ctx.device),
+                         checkpoint_every=10 ** 9, log_every=1, workers=0, seed=0)
 
 
 def seg_model(ctx: Context):

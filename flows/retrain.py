@@ -10,7 +10,7 @@ task in the Prefect UI; every child (dvc, its stages) streams its output into th
 
 Run once:    python -m flows.retrain [--drops s3://bucket/prefix] [--set train.iterations=2000]
 Serve:       wsss serve   (a deployment on ops.schedule; change the schedule in the Prefect UI)
-Work pool:   prefect.yaml at the project root (`prefect deploy --all`; README: Operations)
+Work pool:   prefect.yaml at the project root (`prefect deploy --all`; docs/operations.md)
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,13 +22,35 @@ def pytest_configure(config):
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    # The suite starts hundreds of Python processes (stages, CLIs, servers), each importing torch, Prefect,
+    # MLflow: with PYTHONDONTWRITEBYTECODE set (as on the CI image) each one compiled them again (~8 s).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
+    # Torch threads: the cores per xdist worker, at most 2 (tiny models gain nothing from more), inherited by
+    # the children through OMP_NUM_THREADS; more only oversubscribes the machine (OpenMP barriers).
+    if not hasattr(config, "workerinput") and (config.getoption("numprocesses", None) or 0) > 0:
+        return  # xdist's controller: its workers (which inherit this environment) run the tests
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 2) // workers))))
     try:
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     except ImportError:
         pass
+
+
+# The test modules that take longest, heaviest first (measured with --durations; re-measure when one grows).
+# Under xdist (pyproject's addopts: `--dist loadfile --no-loadscope-reorder`) a module is one unit of work,
+# so that its module fixtures are built once, and the units are handed out in collection order: these first,
+# so that the workers finish together instead of one starting the longest module last.
+HEAVIEST = ("test_pipeline", "test_real_data", "test_retrain", "test_stage_safety", "test_dask_shards",
+            "test_ops_drops", "test_ops_infra", "test_seg_ddp", "test_ops_s3")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(HEAVIEST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the rest in collection order
 
 
 def pytest_unconfigure(config):
@@ -67,3 +90,12 @@ def moto_s3():
             yield endpoint
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def drop_project(tmp_path_factory):
+    """A git + DVC project whose dataset is `dvc add`ed (`helpers.drops.make_project`), made once: a test
+    takes its own copy (`helpers.drops.copy_project`), never changes this one."""
+    from helpers.drops import make_project
+
+    return make_project(tmp_path_factory.mktemp("drop-project") / "project")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from helpers.drops import dvc_file, make_drop, make_project
+from helpers.drops import copy_project, dvc_file, make_drop
 from wsss.data.drops import read_with_drops
 from wsss.data.readers import read_dataset_source
 from wsss.ops import commands
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch):
-    project = make_project(tmp_path / "project")
+def world(tmp_path, monkeypatch, drop_project):
+    project = copy_project(drop_project, tmp_path / "project")
     area = tmp_path / "area"
     (area / "incoming").mkdir(parents=True)
     monkeypatch.chdir(project)

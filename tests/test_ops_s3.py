@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ResponseStreamingError
 
-from helpers.drops import dvc_file, make_drop, make_project
+from helpers.drops import copy_project, dvc_file, make_drop
 from wsss.ops import s3 as s3lib
 from wsss.ops.drops import READY, S3DropArea
 from wsss.ops.ingest import ingest
@@ -58,8 +58,8 @@ def break_downloads(s3, times: int | None) -> dict:
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch, moto_s3):
-    project = make_project(tmp_path / "project")
+def world(tmp_path, monkeypatch, moto_s3, drop_project):
+    project = copy_project(drop_project, tmp_path / "project")
     monkeypatch.chdir(project)
     for key in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
         monkeypatch.setenv(key, "t")

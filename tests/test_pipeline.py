@@ -168,30 +168,36 @@ def test_dvc_exp_show_compares_experiments(repro):
     assert columns == ["Path", "pseudo.train.miou", "pseudo.val.miou", "seg.val.miou", "seg.val.miou_ms"], table
 
 
-def test_prompts_stage_never_reads_ground_truth(repro):
-    """With every ground-truth mask unreadable, the prompts stage still learns the same prompts."""
+def test_prompts_and_train_never_read_ground_truth(repro):
+    """With every ground-truth mask unreadable, the prompts and train stages still learn the same prompts
+    and the same segmenter (nothing they do, select or log reads a ground-truth mask)."""
     work, env, _ = repro
     import torch
 
     gt = work / "data/raw/toyworld/SegmentationClass"
     before = torch.load(work / "data/prompts/prompts.pt", weights_only=True)
+    seg_before = torch.load(work / "data/train/segmenter.pt", weights_only=True)
     hidden = gt.with_name("SegmentationClass.hidden")
     gt.rename(hidden)
     try:
         gt.mkdir()
         for f in hidden.iterdir():
             (gt / f.name).write_bytes(b"not a png")  # any read of a mask fails
-        (work / "data/prompts/prompts.pt").unlink()
-        (work / "data/prompts/checkpoint.pt").unlink()
-        (work / "data/prompts/features.pt").unlink()  # crops recomputed from the images and teacher maps
-        proc = subprocess.run([sys.executable, "-m", "stages.prompts"], cwd=work, env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        for name in ("prompts/prompts.pt", "prompts/checkpoint.pt", "prompts/features.pt",  # crops recomputed
+                     "train/segmenter.pt", "train/checkpoint.pt"):
+            (work / "data" / name).unlink()
+        for stage in ("prompts", "train"):
+            proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=work, env=env, capture_output=True,
+                                  text=True, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     finally:
         shutil.rmtree(gt)
         hidden.rename(gt)
     after = torch.load(work / "data/prompts/prompts.pt", weights_only=True)
     torch.testing.assert_close(after["embeddings"], before["embeddings"])
+    seg_after = torch.load(work / "data/train/segmenter.pt", weights_only=True)
+    for name, tensor in seg_before["state_dict"].items():
+        torch.testing.assert_close(seg_after["state_dict"][name], tensor, msg=name)
 
 
 def test_refused_drop_leaves_prepared_untouched(repro):

@@ -28,7 +28,7 @@ def project(tmp_path_factory):
     generate_toyworld(root / "world", num_train=8, num_val=4, workers=1, progress=False)
     write_dataset(read_dataset_source(root / "world", format="voc"), root / "prepared")
     params = {"data": {"root": "world", "prepared": "prepared"}, "tracking": {"experiment": "ddp"},
-              "train": {"out": "train", "arch": "toy", "target": "ground_truth", "width": 4, "iterations": 4, "batch_size": 2,
+              "train": {"out": "train", "arch": "toy", "head": "deeplabv3", "target": "ground_truth", "width": 4, "iterations": 4, "batch_size": 2,
                         "checkpoint_every": 2, "log_every": 1, "device": "cpu"},
               "evaluate": {"out": "seg", "scales": [1.0], "flip": False, "examples": 2, "registered_model": "ddp"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))

@@ -44,6 +44,8 @@ def test_params_yaml_lists_every_setting():
     ({"text": {"templates": ["a photo"]}}, "text.templates: expected a non-empty list of templates, each with {}"),
     ({"toyworld": {"size_range": [0.3]}}, "toyworld.size_range: expected a list of 2 numbers, got [0.3]"),
     ({"prompts": {"split": "train_aug"}}, "prompts.split 'train_aug' is not among cams.splits ['train', 'val']"),
+    ({"train": {"arch": "toy"}}, "train.head deeplabv3plus needs stride-4 features: arch clip, resnet50 or resnet101, "
+                                 "not toy"),
     (["cams"], "expected a mapping of sections at the top level, got list"),
 ])
 def test_each_mistake_is_one_line(raw, message):

@@ -229,7 +229,7 @@ class TrainSettings(Section):
     out: str = knob("data/train", scheduling=True)
     arch: Literal["toy", "clip", "resnet50", "resnet101", "mobilenet_v3_large"] = knob("clip")
     width: int = knob(16, ge=4)
-    head: Literal["deeplabv3", "deeplabv3plus"] = knob("deeplabv3")
+    head: Literal["deeplabv3", "deeplabv3plus"] = knob("deeplabv3plus")
     backbone_lr: float | None = knob(None, ge=0)
     weights: str | None = knob(None)
     target: Literal["pseudo", "ground_truth"] = knob("pseudo")
@@ -250,6 +250,11 @@ class TrainSettings(Section):
     workers: int = knob(0, ge=0, scheduling=True)
     device: str = knob("auto", scheduling=True, check=_is_device, expect="auto, cpu, cuda or cuda:N")
     seed: int = knob(0)
+
+    def check(self):
+        if self.head == "deeplabv3plus" and self.arch not in ("clip", "resnet50", "resnet101"):
+            raise ConfigError(f"train.head deeplabv3plus needs stride-4 features: arch clip, resnet50 or resnet101, "
+                              f"not {self.arch} (set train.head: deeplabv3)")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""Drop-area projects: a git + DVC project whose dataset is `dvc add`ed, and complete custom drops for it."""
+"""Drop-area projects: a git + DVC project whose dataset is `dvc add`ed (made once per session: tests copy the
+`drop_project` fixture's), and complete custom drops for it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +34,13 @@ def make_project(path: Path) -> Path:
     run(*GIT, "add", "-A", cwd=path)
     run(*GIT, "commit", "-qm", "base", cwd=path)
     validate_drop(path / "data/raw/base", report_dir=path / "reports/validation")  # what `prepare` leaves
+    return path
+
+
+def copy_project(template: Path, path: Path) -> Path:
+    """A project of `make_project`'s as a copy of one made before (the `drop_project` session fixture): git,
+    DVC cache and validation report included, for a test to change as it likes."""
+    shutil.copytree(template, path, symlinks=True)
     return path
 
 

@@ -16,6 +16,7 @@ from conftest import REPO
 CHECKPOINT = str(REPO / "assets/toyclip/wsss-toy-vit.pt")
 TINY = {
     "toyworld": {"num_train": 16, "num_val": 8},
+    "prompts": {"epochs": 4},
     "train": {"iterations": 6, "batch_size": 4, "checkpoint_every": 3, "log_every": 1, "width": 4},
     "evaluate": {"scales": [0.75, 1.0], "examples": 2},
 }

@@ -60,7 +60,7 @@ class TrackedDataset:
         if not self.dvc_file.is_file():
             raise WsssError(f"{settings.data.root}: drops merge into a dataset tracked with `dvc add` "
                             f"({self.dvc_file.relative_to(project)} not found; a pipeline stage's output such as "
-                            f"the toy world cannot take drops; README: Operations)")
+                            f"the toy world cannot take drops; docs/operations.md, Dataset drops)")
         self.drops_dir = self.root / settings.data.drops
 
     def merged(self) -> dict[str, dict]:

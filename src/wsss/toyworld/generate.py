@@ -76,7 +76,7 @@ GENERATOR_VERSION = 2
 N_OBJECTS_P = (0.45, 0.35, 0.2)  # probability of 1, 2, 3 objects
 # Objects lean by at most ±20° by default, as photographed things mostly stand upright. Turned to any
 # angle, the toy CLIP reached at most 93.3 % zero-shot mAP in the schedules tried; leaning, 95–96 %
-# (README, "The toy world and the small CLIP"). `max_rotation=math.pi` turns them freely.
+# (docs/toy-clip.md). `max_rotation=math.pi` turns them freely.
 MAX_LEAN = 0.35  # radians
 REPEAT_P = 0.15  # chance that a further object repeats a class already in the image ("two circles")
 
