@@ -141,7 +141,7 @@ def test_dvc_exp_show_compares_experiments(repro):
     subprocess.run(["git", "add", "-A"], cwd=work, check=True, env=env)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], cwd=work,
                    check=True, env=env)
-    for name, alphas in (("alpha3", "[1,3]"), ("alpha4", "[1,4]")):
+    for name, alphas in (("alpha3", "[1,3]"),):  # one experiment beside the baseline commit
         proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-n", name, "-S",
                                f"evaluate_masks.alphas={alphas}"], cwd=work, env=env, capture_output=True,
                               text=True, timeout=900)
@@ -156,8 +156,8 @@ def test_dvc_exp_show_compares_experiments(repro):
                 name = exp.get("name") or data.get("name")
                 metrics[name] = data["metrics"]["reports/pseudo/metrics.json"]["data"]
                 commits[name] = data["rev"]
-    assert {"alpha3", "alpha4"} <= set(metrics), shown[:2000]
-    for name, alpha in (("alpha3", "3"), ("alpha4", "4")):
+    assert "alpha3" in metrics, shown[:2000]
+    for name, alpha in (("alpha3", "3"),):
         ablation = json.loads(subprocess.run(["git", "show", f"{commits[name]}:reports/pseudo/ablation.json"], cwd=work,
                                              env=env, capture_output=True, text=True, check=True).stdout)
         miou = {r["setting"]: r["miou"] for r in ablation["rows"]}

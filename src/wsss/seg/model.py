@@ -1,5 +1,5 @@
-"""DeepLab-V3 segmenters (torchvision): ResNet-50/101 or MobileNet-V3 backbones for real data, and a
-small dilated CNN backbone for the 64-px toy world. Weights come from a local file when given (ImageNet
+"""DeepLab-V3 / V3+ segmenters (torchvision's ASPP): ResNet-50/101 or MobileNet-V3 backbones for real data;
+for the 64-px toy world the frozen image tower of its CLIP, or a small dilated CNN from scratch. Weights come from a local file when given (ImageNet
 backbone or a whole COCO-trained DeepLab, whose classifier is left out when the class count differs):
 nothing is downloaded here.
 """
