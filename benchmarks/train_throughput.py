@@ -56,14 +56,14 @@ def main() -> None:
                                              sampler=EpochSampler(len(pairs), cfg.batch_size, 0))
         t0, n = time.perf_counter(), 0
         while n < args.iterations:
-            for x, _ in loader:
+            for x, *_ in loader:  # (image, pseudo mask, image labels)
                 n += 1
                 if n == args.iterations:
                     break
         loader_s = (time.perf_counter() - t0) / n
         print(f"| (a) loader alone | {workers} | {cfg.batch_size / loader_s:.0f} | {loader_s:.4f} |")
     model = new_segmenter(settings, ds.vocab.num_classes).to(device).train()
-    x, y = next(iter(torch.utils.data.DataLoader(pairs, batch_size=cfg.batch_size)))
+    x, y, _ = next(iter(torch.utils.data.DataLoader(pairs, batch_size=cfg.batch_size)))
     x, y = x.to(device), y.to(device)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=cfg.momentum)
     for i in range(args.iterations + 5):

@@ -103,7 +103,9 @@ def test_the_masked_crops_are_encode_image_of_the_cut_images(clip):
 
 def test_published_training_is_adamw_with_weight_decay_and_per_epoch_cosine(clip):
     """Three epochs of `train_prompts` with the published settings end on the same prompt tokens as a
-    transcribed loop: AdamW(wd 0.03) on the tokens, lr ½·lr₀·(1 + cos(π·e/E)) per epoch, the loss above."""
+    transcribed loop: AdamW(wd 0.03) on the tokens, the loss above, and main2.py's schedule: timm's cosine
+    (no warm-up, minimum 0) stepped with `step(epoch)` after each epoch, so epoch e ≥ 1 trains at the rate of
+    epoch e − 1 and the first two epochs at lr₀."""
     model, tok = clip
     cfg = PromptsSettings(**PUBLISHED)
     g = torch.Generator().manual_seed(3)
@@ -114,14 +116,16 @@ def test_published_training_is_adamw_with_weight_decay_and_per_epoch_cosine(clip
     init = torch.rand(3, cfg.length, width, generator=g)
     learner = PromptLearner(model, tok, 3, cfg.length, cfg.template, init, period_quirk=True)
     history = train_prompts(learner, feats, class_text, cfg, 100.0, progress=False)
-    assert [round(h["lr"], 8) for h in history] == [round(0.025 * 0.5 * (1 + math.cos(math.pi * e / 3)), 8)
-                                                     for e in range(3)]
+    cosine = [0.025 * 0.5 * (1 + math.cos(math.pi * e / 3)) for e in range(3)]
+    assert [round(h["lr"], 8) for h in history] == [round(x, 8) for x in (0.025, cosine[0], cosine[1])]
+
+    def timm_cosine_step(optimizer, epoch):  # CosineLRScheduler(t_initial=E, lr_min=0, warmup_t=0).step(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
     btp = torch.nn.Parameter(init.clone())
     opt = torch.optim.AdamW([btp], lr=cfg.lr, weight_decay=0.03)
     for epoch in range(cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
         order = epoch_order(n, cfg.seed, epoch)  # the batch order is the data loader's business, shared
         for start in range(0, n, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
@@ -132,5 +136,6 @@ def test_published_training_is_adamw_with_weight_decay_and_per_epoch_cosine(clip
             opt.zero_grad()
             loss.backward()
             opt.step()
+        timm_cosine_step(opt, epoch)  # main2.py: after the epoch
     torch.testing.assert_close(learner.ctx.detach(), btp.detach(), atol=1e-5, rtol=0)
     assert (btp.detach() - init).abs().max() > 1e-3  # it trained

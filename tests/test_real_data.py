@@ -3,7 +3,7 @@
 A small VOC-format set at VOC image sizes (500×375, 375×500, 500×333 JPEGs, XML labels, palette GT,
 splits train_aug + val, the 20 VOC classes with four present), a ViT-B-16-quickgelu checkpoint file with
 random weights (nothing downloads), CLIP-ES's text side, SemPLeS's published prompt settings (2 epochs
-instead of 60), DeepLab-V3 ResNet-50 at crop 321 for 2 iterations with `train.weights: null` (no ImageNet
+instead of 60), DeepLab-V3+ ResNet-50 at crop 321 for 2 iterations with `train.weights: null` (no ImageNet
 file here: random init). Checks that every stage runs, the model registers and `wsss predict` returns
 full-size masks; the scores of random weights mean nothing and are not checked.
 """
@@ -97,7 +97,7 @@ def random_vit_b16(tmp_path_factory) -> Path:
 
 def real_data_params(params: dict, checkpoint: Path) -> dict:
     """The "Real data" switch of docs/real-data.md (VOC train_aug, ViT-B-16, CLIP-ES text side, SemPLeS
-    prompts, DeepLab-V3 ResNet-50 at crop 321), shrunk only in epochs, iterations, the ablation (val, one
+    prompts, DeepLab-V3+ ResNet-50 at crop 321), shrunk only in epochs, iterations, the ablation (val, one
     α) and report sizes."""
     switch = {
         "toyworld": {"num_train": 2, "num_val": 1, "image_size": 32},  # still a stage; unused

@@ -389,3 +389,20 @@ def test_clip_backbone_segmenter_handles_any_size_and_stays_frozen():
     confidence_guided_loss(model(torch.randn(2, 3, 32, 32))["out"], torch.zeros(2, 32, 32, dtype=torch.long)).backward()
     assert all(p.grad is None for p in backbone.parameters())  # the CLIP tower is frozen
     assert any(p.grad is not None for p in model.classifier.parameters())
+
+
+def test_whole_coco_deeplab_v3_initialises_the_v3plus_backbone_and_aspp(tmp_path):
+    """A whole torchvision DeepLab-V3 state dict (COCO init for VOC) fills the V3+ model's backbone and its
+    ASPP (stored there as classifier.0); the classifier of another class count stays at its initialisation."""
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    from wsss.seg.model import build_segmenter
+
+    torch.manual_seed(0)
+    source = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=False).state_dict()
+    torch.save(source, tmp_path / "coco.pt")
+    model = build_segmenter("resnet50", 11, weights=str(tmp_path / "coco.pt"), head="deeplabv3plus")
+    own = model.state_dict()
+    torch.testing.assert_close(own["aspp.convs.0.0.weight"], source["classifier.0.convs.0.0.weight"])
+    torch.testing.assert_close(own["backbone.layer1.0.conv1.weight"], source["backbone.layer1.0.conv1.weight"])
+    assert own["classifier.weight"].shape[0] == 11

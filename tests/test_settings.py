@@ -46,6 +46,7 @@ def test_params_yaml_lists_every_setting():
     ({"prompts": {"split": "train_aug"}}, "prompts.split 'train_aug' is not among cams.splits ['train', 'val']"),
     ({"train": {"arch": "toy"}}, "train.head deeplabv3plus needs stride-4 features: arch clip, resnet50 or resnet101, "
                                  "not toy"),
+    ({"train": {"arch": "resnet50", "backbone_lr": 0}}, "train.backbone_lr 0 (a frozen backbone) is for arch clip"),
     (["cams"], "expected a mapping of sections at the top level, got list"),
 ])
 def test_each_mistake_is_one_line(raw, message):

@@ -255,6 +255,9 @@ class TrainSettings(Section):
         if self.head == "deeplabv3plus" and self.arch not in ("clip", "resnet50", "resnet101"):
             raise ConfigError(f"train.head deeplabv3plus needs stride-4 features: arch clip, resnet50 or resnet101, "
                               f"not {self.arch} (set train.head: deeplabv3)")
+        if self.backbone_lr == 0 and self.arch != "clip":
+            raise ConfigError(f"train.backbone_lr 0 (a frozen backbone) is for arch clip; a {self.arch} backbone "
+                              f"trains with its BatchNorm statistics: use a factor > 0")
 
 
 @dataclass(frozen=True)

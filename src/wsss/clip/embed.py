@@ -20,12 +20,11 @@ from torch import nn
 READ_OUTS = ("cls", "patch_mean")
 
 
-def image_embedding(visual: nn.Module, pixels: torch.Tensor, read_out: str = "cls") -> torch.Tensor:
-    """Normalised pixels [B, 3, H, W] (H, W multiples of the patch size) → L2-normalised embeddings [B, E]."""
+def final_tokens(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Normalised pixels [B, 3, H, W] (H, W multiples of the patch size) → the last block's tokens after
+    `ln_post`, [B, 1 + h·w, D] (class token first), through each block's own `forward` (graph kept)."""
     from wsss.clip.dense import _pair, embed_tokens, interpolate_pos_embed
 
-    if read_out not in READ_OUTS:
-        raise ValueError(f"read_out must be one of {READ_OUTS}, got {read_out!r}")
     src = _pair(visual.grid_size)
     x = embed_tokens(visual, pixels, lambda h, w: interpolate_pos_embed(visual.positional_embedding, src, (h, w)))
     batch_first = getattr(visual.transformer, "batch_first", True)
@@ -33,7 +32,14 @@ def image_embedding(visual: nn.Module, pixels: torch.Tensor, read_out: str = "cl
     for block in visual.transformer.resblocks:
         x = block(x)
     x = x if batch_first else x.transpose(0, 1)
-    x = visual.ln_post(x)
+    return visual.ln_post(x)
+
+
+def image_embedding(visual: nn.Module, pixels: torch.Tensor, read_out: str = "cls") -> torch.Tensor:
+    """Normalised pixels [B, 3, H, W] (H, W multiples of the patch size) → L2-normalised embeddings [B, E]."""
+    if read_out not in READ_OUTS:
+        raise ValueError(f"read_out must be one of {READ_OUTS}, got {read_out!r}")
+    x = final_tokens(visual, pixels)
     pooled = x[:, 0] if read_out == "cls" else x[:, 1:].mean(dim=1)
     proj = visual.proj
     pooled = pooled if proj is None else pooled @ proj

@@ -185,7 +185,7 @@ def loss_curves(history: Sequence[dict], path: str | Path) -> Path:
     fig = _figure(6, 3.5)
     ax = fig.add_subplot()
     epochs = [h["epoch"] for h in history]
-    for name in [k for k in history[0] if k != "epoch"] if history else []:
+    for name in [k for k in history[0] if k not in ("epoch", "lr")] if history else []:  # lr: not a loss
         ax.plot(epochs, [h.get(name) for h in history], label=name, linewidth=2 if name == "loss" else 1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (weighted terms)")

@@ -114,11 +114,11 @@ def loss_weights(cfg: PromptsSettings) -> PromptLossWeights:
 
 
 def learning_rate(cfg: PromptsSettings, epoch: int) -> float:
-    """The epoch's learning rate: constant, or cosine-annealed to 0 over the run and stepped per epoch
-    (SemPLeS's timm schedule: no warm-up, minimum 0)."""
+    """The epoch's learning rate: constant, or SemPLeS's cosine to 0 (timm's, no warm-up) stepped per epoch
+    as its loop does, with `step(epoch)` after the epoch: epoch e ≥ 1 trains at the cosine of e − 1."""
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * max(epoch - 1, 0) / cfg.epochs))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

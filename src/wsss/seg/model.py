@@ -67,7 +67,6 @@ class ClipBackbone(nn.Module):
         for p in visual.parameters():
             p.requires_grad_(trainable)
         self.patch_size = _pair(visual.patch_size)[0]
-        self.src_grid = _pair(visual.grid_size)
         self.out_channels = visual.transformer.width
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,13 +80,9 @@ class ClipBackbone(nn.Module):
         return features
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        from wsss.clip.dense import embed_tokens, interpolate_pos_embed
+        from wsss.clip.embed import final_tokens
 
-        v = self.visual
-        tokens = embed_tokens(v, x, lambda h, w: interpolate_pos_embed(v.positional_embedding, self.src_grid, (h, w)))
-        for block in v.transformer.resblocks:
-            tokens = block(tokens)
-        tokens = v.ln_post(tokens[:, 1:])
+        tokens = final_tokens(self.visual, x)[:, 1:]
         b, n, d = tokens.shape
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         return {"out": tokens.transpose(1, 2).reshape(b, d, h, w)}
@@ -178,7 +173,7 @@ def build_segmenter(arch: str, num_classes: int, weights: str | None = None, wid
     return model
 
 
-def load_initial_weights(model: DeepLabV3, path: str) -> None:
+def load_initial_weights(model: nn.Module, path: str) -> None:
     """Load an ImageNet backbone (keys of a plain classification network) or a whole DeepLab state dict;
     tensors whose shape differs (the classifier of another class count) are left at their initialisation."""
     if not Path(path).is_file():
@@ -191,6 +186,9 @@ def load_initial_weights(model: DeepLabV3, path: str) -> None:
     own = model.state_dict()
     if not any(k in own for k in state):  # a classification backbone: its keys live under "backbone."
         state = {f"backbone.{k}": v for k, v in state.items()}
+    if isinstance(model, DeepLabV3Plus):  # a whole torchvision DeepLab-V3: its ASPP is classifier.0
+        state = {("aspp." + k[len("classifier.0."):] if k.startswith("classifier.0.") else k): v
+                 for k, v in state.items()}
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise ConfigError(f"train.weights: no tensor of {path} fits this {type(model).__name__}")
