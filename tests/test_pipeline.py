@@ -4,15 +4,13 @@ tiny toy world, then the outputs and the MLflow runs are checked."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from helpers.projects import TINY, copy_repo, shrink
+from helpers.projects import TINY, commit_and_repro, copy_repo, shrink
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +20,7 @@ def repro(tmp_path_factory):
     work = tmp_path_factory.mktemp("repo")
     copy_repo(work)
     shrink(work / "params.yaml", TINY)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=work, check=True, env=env)
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    env, proc = commit_and_repro(work)
     return work, env, proc
 
 

@@ -11,7 +11,6 @@ full-size masks; the scores of random weights mean nothing and are not checked.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers.projects import copy_repo
+from helpers.projects import commit_and_repro, copy_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~4 min on 2 free cores
 
@@ -128,14 +127,7 @@ def repro(tmp_path_factory, random_vit_b16):
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(real_data_params(yaml.safe_load(params_file.read_text()), random_vit_b16),
                                           sort_keys=False))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=work, check=True, env=env)
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    env, _ = commit_and_repro(work)
     return work, env
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -39,6 +40,20 @@ def shrink(params_file: Path, overrides: dict) -> None:
     for section, values in overrides.items():
         params[section].update(values)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def commit_and_repro(work: Path) -> tuple[dict, subprocess.CompletedProcess]:
+    """`git init` + commit the copy in `work`, then `dvc repro` there with its own MLflow store; returns
+    (the environment the stages ran with, the finished `dvc repro`), which must have succeeded."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=work, check=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    return env, proc
 
 
 def stage_project(root: Path, num_train: int, num_val: int) -> Path:
