@@ -18,7 +18,7 @@ def has_work(settings) -> bool:
     return current_key(settings) != segmenter_key(settings, training_split(settings))
 
 
-@stage("train", ["train"], has_work=has_work, imports=("torch", "torchvision", "wsss.seg.train", "wsss.seg.infer"))
+@stage("train", ["clip", "train"], has_work=has_work, imports=("torch", "torchvision", "wsss.seg.train", "wsss.seg.infer"))
 def train(settings, run) -> dict:
     """Train (resuming when a checkpoint of the same inputs exists) and log. No ground truth is read here,
     not even for a validation curve: the `evaluate` stage scores the finished segmenter."""

@@ -221,6 +221,9 @@ class EvaluateMasksSettings(Section):
     workers: int = knob(0, ge=0, scheduling=True)
 
 
+V3PLUS_ARCHS = ("clip", "resnet50", "resnet101")  # backbones with stride-4 features for the V3+ decoder
+
+
 @dataclass(frozen=True)
 class TrainSettings(Section):
     """The segmenter (docs/method.md §5); defaults sized for the toy world on a CPU."""
@@ -252,7 +255,7 @@ class TrainSettings(Section):
     seed: int = knob(0)
 
     def check(self):
-        if self.head == "deeplabv3plus" and self.arch not in ("clip", "resnet50", "resnet101"):
+        if self.head == "deeplabv3plus" and self.arch not in V3PLUS_ARCHS:
             raise ConfigError(f"train.head deeplabv3plus needs stride-4 features: arch clip, resnet50 or resnet101, "
                               f"not {self.arch} (set train.head: deeplabv3)")
         if self.backbone_lr == 0 and self.arch != "clip":

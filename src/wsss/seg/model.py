@@ -1,7 +1,7 @@
 """DeepLab-V3 / V3+ segmenters (torchvision's ASPP): ResNet-50/101 or MobileNet-V3 backbones for real data;
-for the 64-px toy world the frozen image tower of its CLIP, or a small dilated CNN from scratch. Weights come from a local file when given (ImageNet
-backbone or a whole COCO-trained DeepLab, whose classifier is left out when the class count differs):
-nothing is downloaded here.
+for the 64-px toy world the frozen image tower of its CLIP, or a small dilated CNN from scratch. Weights
+come from a local file when given (ImageNet backbone or a whole COCO-trained DeepLab, whose classifier is
+left out when the class count differs): nothing is downloaded here.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 
 from wsss.errors import ConfigError
+from wsss.settings import V3PLUS_ARCHS
 
 ARCHITECTURES = ("toy", "clip", "resnet50", "resnet101", "mobilenet_v3_large")
 
@@ -145,7 +146,7 @@ def build_segmenter(arch: str, num_classes: int, weights: str | None = None, wid
     """A DeepLab-V3 (`head` deeplabv3plus: V3+) with `num_classes` outputs (background included);
     `weights`: a local state dict (for `clip`: the CLIP checkpoint of `clip_model` whose image tower becomes
     the backbone). `trainable_backbone`: whether the CLIP tower gets gradients (other backbones always do)."""
-    if head == "deeplabv3plus" and arch not in ("clip", "resnet50", "resnet101"):
+    if head == "deeplabv3plus" and arch not in V3PLUS_ARCHS:
         raise ConfigError(f"train.head deeplabv3plus works with arch clip, resnet50 or resnet101, not {arch}")
     if arch == "toy":
         backbone = ToyBackbone(width)
