@@ -44,6 +44,7 @@ def test_params_yaml_lists_every_setting():
     ({"text": {"templates": ["a photo"]}}, "text.templates: expected a non-empty list of templates, each with {}"),
     ({"toyworld": {"size_range": [0.3]}}, "toyworld.size_range: expected a list of 2 numbers, got [0.3]"),
     ({"prompts": {"split": "train_aug"}}, "prompts.split 'train_aug' is not among cams.splits ['train', 'val']"),
+    ({"train": {"split": "train_aug"}}, "train.split 'train_aug' is not among cams.splits ['train', 'val']"),
     ({"train": {"arch": "toy"}}, "train.head deeplabv3plus needs stride-4 features: arch clip, resnet50 or resnet101, "
                                  "not toy"),
     ({"train": {"arch": "resnet50", "backbone_lr": 0}}, "train.backbone_lr 0 (a frozen backbone) is for arch clip"),

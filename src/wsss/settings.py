@@ -316,6 +316,9 @@ class Settings:
         if self.prompts.split not in self.cams.splits:
             raise ConfigError(f"prompts.split {self.prompts.split!r} is not among cams.splits "
                               f"{list(self.cams.splits)}: the teacher makes CAMs only for those splits")
+        if self.train.target == "pseudo" and self.train.split not in self.cams.splits:
+            raise ConfigError(f"train.split {self.train.split!r} is not among cams.splits {list(self.cams.splits)}: "
+                              f"pseudo masks are made only for those splits")
 
     def sections(self, names) -> dict[str, dict[str, Any]]:
         """{name: section as a plain dict} for the given section names (what a stage logs)."""
