@@ -29,10 +29,11 @@ def cam_split(settings: Settings) -> Dataset:
     from wsss.data.manifest import read_dataset
 
     ds = read_dataset(settings.data.prepared)
-    missing = [s for s in settings.cams.splits if s not in set(ds.table["split"])]
+    present = set(ds.table["split"])
+    missing = [s for s in settings.cams.splits if s not in present]
     if missing:
         print(f"cams: no split {', '.join(map(repr, missing))} in the prepared dataset (it has "
-              f"{', '.join(sorted(set(ds.table['split'])))}); cams.splits lists it, no CAMs for it", file=sys.stderr)
+              f"{', '.join(sorted(present))}); cams.splits lists it, no CAMs for it", file=sys.stderr)
     keep = ds.table["split"].isin(settings.cams.splits)
     return Dataset(ds.table[keep].reset_index(drop=True), ds.vocab, ds.root, ds.name)
 
