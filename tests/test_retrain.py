@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from helpers.projects import TINY, copy_repo, shrink
+from helpers.projects import TINY, commit_copy, copy_repo, shrink
 from wsss.ops import s3 as s3lib
 from wsss.settings import load_settings
 from wsss.ops.drops import S3DropArea
@@ -208,9 +208,7 @@ def test_retrain_with_mlflow_unreachable_fails_with_one_line(prefect_harness, tm
     work = tmp_path / "repo"
     copy_repo(work)
     shrink(work / "params.yaml", TINY)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t",
-                                                              "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=work, check=True, capture_output=True)
+    commit_copy(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("PATH", f"{PY_BIN}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("WSSS_DROPS", raising=False)

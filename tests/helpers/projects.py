@@ -42,14 +42,20 @@ def shrink(params_file: Path, overrides: dict) -> None:
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def commit_and_repro(work: Path) -> tuple[dict, subprocess.CompletedProcess]:
-    """`git init` + commit the copy in `work`, then `dvc repro` there with its own MLflow store; returns
-    (the environment the stages ran with, the finished `dvc repro`), which must have succeeded."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def commit_copy(work: Path) -> None:
+    """`git init` + one commit of everything in `work` (a `copy_repo` copy): DVC experiments and the
+    retrain flow need a git repository."""
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=work, check=True, env=env)
+        subprocess.run(cmd, cwd=work, check=True, capture_output=True)
+
+
+def commit_and_repro(work: Path) -> tuple[dict, subprocess.CompletedProcess]:
+    """`commit_copy`, then `dvc repro` in `work` with its own MLflow store; returns (the environment the
+    stages ran with, the finished `dvc repro`), which must have succeeded."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    commit_copy(work)
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env,
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
