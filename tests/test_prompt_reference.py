@@ -139,3 +139,113 @@ def test_published_training_is_adamw_with_weight_decay_and_per_epoch_cosine(clip
         timm_cosine_step(opt, epoch)  # main2.py: after the epoch
     torch.testing.assert_close(learner.ctx.detach(), btp.detach(), atol=1e-5, rtol=0)
     assert (btp.detach() - init).abs().max() > 1e-3  # it trained
+
+
+def official_preprocess(labels):  # engine2.train_one_epoch's preprocess: one one-hot row per (image, class)
+    rows = []
+    for n in range(labels.size(0)):
+        for idx in range(labels.size(1)):
+            temp = torch.zeros(1, labels.size(1)).long()
+            if labels[n, idx] == 1:
+                temp[0, idx] = 1
+            rows.append(temp)
+    return torch.cat(rows, dim=0)
+
+
+def test_a_published_step_takes_a_batch_of_images_with_all_their_classes(clip):
+    """`batch_unit: images`: two epochs end on the tokens of the transcribed loop, whose data loader hands
+    out `batch_size` images and whose step scores every present class of each (`preprocess`, `fg_indices`,
+    `temp_idx`), an image without a class adding nothing; the images' order is the loader's, shared."""
+    model, tok = clip
+    cfg = PromptsSettings(**{**PUBLISHED, "epochs": 2, "batch_size": 3, "batch_unit": "images"})
+    g = torch.Generator().manual_seed(4)
+    n_images, classes, embed = 7, 3, model.text_projection.shape[1]
+    targets = (torch.rand(n_images, classes, generator=g) < 0.5).long()
+    targets[2] = 0  # an image that carries no class
+    per_image = [torch.randn(classes, embed, generator=g) for _ in range(n_images)]  # its crop of each class
+    image_of, class_of = targets.nonzero(as_tuple=True)  # image-major, as crop_features writes rows
+    background = F.normalize(torch.stack([per_image[i][k] for i, k in zip(image_of, class_of)]), dim=-1)
+    feats = CropFeatures(background, background.clone(), class_of, images=image_of, num_images=n_images)
+    class_text = F.normalize(torch.randn(classes, embed, generator=g), dim=-1)
+    init = torch.rand(classes, cfg.length, model.token_embedding.weight.shape[1], generator=g)
+    learner = PromptLearner(model, tok, classes, cfg.length, cfg.template, init, period_quirk=True)
+    history = train_prompts(learner, feats, class_text, cfg, 100.0, progress=False)
+    assert len(history) == 2
+
+    btp = torch.nn.Parameter(init.clone())
+    opt = torch.optim.AdamW([btp], lr=cfg.lr, weight_decay=0.03)
+    steps = 0
+    for epoch in range(cfg.epochs):
+        for group in opt.param_groups:
+            group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * max(epoch - 1, 0) / cfg.epochs))
+        for batch in epoch_order(n_images, cfg.seed, epoch).split(cfg.batch_size):
+            batch_targets = targets[batch]
+            fg_label = official_preprocess(batch_targets)
+            fg_indices = torch.nonzero(batch_targets.reshape(-1) == 1, as_tuple=False).squeeze(-1)
+            temp_idx = torch.nonzero(batch_targets == 1, as_tuple=False)
+            if len(temp_idx) == 0:
+                continue
+            bg = F.normalize(torch.stack([per_image[int(batch[i])][int(k)] for i, k in temp_idx]), dim=-1)
+            labels = fg_label[fg_indices]
+            prompts = F.normalize(official_encode_btp(model, tok, btp), dim=-1)[labels.argmax(dim=1)]
+            loss = official_objective((bg * prompts).sum(-1), (class_text[labels.argmax(dim=1)] * prompts).sum(-1),
+                                      0.02)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+    assert steps >= 4
+    torch.testing.assert_close(learner.ctx.detach(), btp.detach(), atol=1e-5, rtol=0)
+
+
+def test_the_published_class_text_is_to_text(clip):
+    """`class_text: semples`: t_k = encode_text("a photo of {class name}.") (to_text of a one-hot row), not
+    the CLIP-ES templates and synonyms the CAMs score against."""
+    from types import SimpleNamespace
+
+    from wsss.prompts.run import class_texts
+    from wsss.settings import TextSettings
+
+    model, tok = clip
+    names = ["circle", "traffic light"]
+    text = TextSettings(templates=("a clean origami {}.",), synonyms={"circle": "round thing,disc"})
+    semples = class_texts(SimpleNamespace(prompts=PromptsSettings(class_text="semples"), text=text), model, tok, names)
+    with torch.no_grad():
+        expected = F.normalize(model.encode_text(tok([f"a photo of {n}." for n in names])), dim=-1)
+    torch.testing.assert_close(semples, expected, atol=1e-6, rtol=0)
+    clip_es = class_texts(SimpleNamespace(prompts=PromptsSettings(), text=text), model, tok, names)
+    assert (clip_es - semples).abs().max() > 1e-3
+
+
+def test_published_crops_are_redrawn_views_with_normalised_soft_maps():
+    """`crops: augmented`: each epoch draws torchvision's RandomResizedCrop box (8-100 % area, aspect
+    3/4-4/3) and a flip from (seed, epoch, image), the maps cut and resized with the pixels; the soft maps are
+    then min-max normalised as engine2 normalises `cam_224`."""
+    from torchvision.transforms import RandomResizedCrop
+
+    from wsss.prompts.train import augmented_view, min_max, view_seed
+
+    x = torch.arange(3 * 40 * 60, dtype=torch.float32).view(3, 40, 60)
+    maps = torch.zeros(2, 40, 60)
+    maps[0, 10:30, 20:40] = 1
+    maps[1] = x[0] / x[0].max()
+    seed = view_seed(0, 3, 5)
+    a_x, a_m = augmented_view(x, maps, (32, 32), seed)
+    b_x, b_m = augmented_view(x, maps, (32, 32), seed)
+    assert a_x.shape == (3, 32, 32) and a_m.shape == (2, 32, 32)
+    assert torch.equal(a_x, b_x) and torch.equal(a_m, b_m)  # a resumed run draws the same view
+    torch.manual_seed(seed)
+    top, left, h, w = RandomResizedCrop.get_params(x, [0.08, 1.0], [3 / 4, 4 / 3])
+    flip = float(torch.rand(())) < 0.5
+    box = x[:, top:top + h, left:left + w]
+    box = box.flip(-1) if flip else box
+    assert 0.08 * 40 * 60 * 0.8 <= h * w <= 40 * 60 and 3 / 4 * 0.8 <= w / h <= 4 / 3 * 1.25
+    # the pixel ramp tells where the view was cut from: its corners come from the box's corners
+    expected = F.interpolate(box[None], size=(32, 32), mode="bicubic", align_corners=False)[0]
+    torch.testing.assert_close(a_x, expected)
+    views = {tuple(augmented_view(x, maps, (32, 32), view_seed(0, e, 5))[0][0, 0, :2].tolist()) for e in range(6)}
+    assert len(views) > 1  # re-drawn every epoch
+    cam_224 = a_m[:, None]  # engine2: min and max over the view, eps 1e-4
+    low = cam_224.min(dim=2, keepdim=True)[0].min(dim=3, keepdim=True)[0]
+    high = cam_224.max(dim=2, keepdim=True)[0].max(dim=3, keepdim=True)[0]
+    torch.testing.assert_close(min_max(a_m), ((cam_224 - low) / (high - low + 1e-4))[:, 0])

@@ -105,8 +105,9 @@ def real_data_params(params: dict, checkpoint: Path) -> dict:
         "text": {"templates": ["a clean origami {}."], "synonyms": "voc", "background": "voc",
                  "background_prompts": "learned"},
         "prompts": {"length": 30, "init": "uniform", "mask_threshold": None, "period_quirk": True,
-                    "image_embedding": "cls", "class_push": 0.02, "foreground_repel": 0.0, "softmax_match": 0.0,
-                    "epochs": 2, "batch_size": 128, "lr": 0.025, "lr_schedule": "cosine", "weight_decay": 0.03,
+                    "image_embedding": "cls", "class_text": "semples", "crops": "augmented", "class_push": 0.02,
+                    "foreground_repel": 0.0, "softmax_match": 0.0, "epochs": 2, "batch_size": 128,
+                    "batch_unit": "images", "lr": 0.025, "lr_schedule": "cosine", "weight_decay": 0.03,
                     "split": "train_aug"},
         "cams": {"box_threshold": 0.4, "splits": ["train_aug", "val"], "overlays": 2},
         "evaluate_masks": {"examples": 2, "alphas": [1], "ablation_split": "val"},
@@ -155,6 +156,8 @@ def test_prompts_for_20_classes_with_30_tokens(repro):
     assert len(state["classes"]) == 20 and state["classes"][0] == "aeroplane"
     assert state["ctx"].shape[:2] == (20, 30) and state["embeddings"].shape == (20, 512)
     assert state["clip"]["model"] == CLIP_MODEL and torch.isfinite(state["embeddings"]).all()
+    # SemPLeS's loop: augmented crops re-drawn every epoch (nothing cached), steps of images
+    assert len(state["meta"]["history"]) == 2 and not (work / "data/prompts/features.pt").exists()
 
 
 def test_cams_and_masks_at_original_size(repro):

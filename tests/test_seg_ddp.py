@@ -26,14 +26,34 @@ def project(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ddp")
     generate_toyworld(root / "world", num_train=8, num_val=4, workers=1, progress=False)
-    write_dataset(read_dataset_source(root / "world", format="voc"), root / "prepared")
-    params = {"data": {"root": "world", "prepared": "prepared"}, "tracking": {"experiment": "ddp"},
-              "train": {"out": "train", "arch": "toy", "head": "deeplabv3", "target": "ground_truth", "width": 4, "iterations": 4, "batch_size": 2,
-                        "checkpoint_every": 2, "log_every": 1, "device": "cpu"},
+    ds = read_dataset_source(root / "world", format="voc")
+    write_dataset(ds, root / "prepared")
+    clip = {"model": "wsss-toy-vit", "pretrained": str(REPO / "assets/toyclip/wsss-toy-vit.pt")}
+    _learned_prompts(root / "prompts", clip, list(ds.vocab.names))
+    params = {"data": {"root": "world", "prepared": "prepared"}, "tracking": {"experiment": "ddp"}, "clip": clip,
+              "prompts": {"out": "prompts"},
+              "train": {"out": "train", "arch": "toy", "head": "deeplabv3", "target": "ground_truth", "width": 4,
+                        "iterations": 4, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "device": "cpu",
+                        "prompt_refine": 0.05},  # SemPLeS's refinement inside DDP training
               "evaluate": {"out": "seg", "scales": [1.0], "flip": False, "examples": 2, "registered_model": "ddp"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / "dvc.yaml").write_text("stages: {}\n")
     return root
+
+
+def _learned_prompts(out: Path, clip: dict, classes: list[str]) -> None:
+    """A prompts file for the toy CLIP (the refinement's frozen p_k): the class names' own text embeddings
+    stand in for learned ones, which is all the term needs."""
+    import torch
+
+    from wsss.clip.model import load_clip
+    from wsss.clip.text import encode_class_texts
+    from wsss.prompts.store import clip_identity, save_prompts
+
+    model, tokenizer = load_clip(clip["model"], clip["pretrained"], device="cpu", precision="fp32")
+    embeddings = encode_class_texts(model, tokenizer, classes, ["a photo of {}."])
+    save_prompts(out / "prompts.pt", embeddings, torch.zeros(len(classes), 1, 8), classes,
+                 clip_identity(clip["model"], clip["pretrained"]), "a photo of {}.", {"key": "test"})
 
 
 def _env(root: Path) -> dict:
@@ -54,6 +74,8 @@ def test_torchrun_two_processes_then_evaluate_reads_the_checkpoint(project):
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`dvc.stage` = 'train'")
     assert len(runs) == 1  # one MLflow run for the two processes (rank 0's)
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 4
+    refine = client.get_metric_history(runs[0].info.run_id, "loss_refine")  # λ₃ · L_refine, every step
+    assert len(refine) == 4 and all(0 < m.value < 0.05 * 10 for m in refine)
     assert runs[0].data.metrics["images_per_second"] > 0
 
     proc = subprocess.run([sys.executable, "-m", "stages.evaluate"], cwd=project, env=_env(project),
@@ -73,7 +95,8 @@ def test_kill_9_mid_training_then_rerun_continues_from_the_checkpoint(project):
     import time
 
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"].update(out="long", iterations=1000, checkpoint_every=20, log_every=20, target="ground_truth")
+    params["train"].update(out="long", iterations=1000, checkpoint_every=20, log_every=20, target="ground_truth",
+                           prompt_refine=0.0)
     (project / "long.yaml").write_text(yaml.safe_dump(params))
     env = {**_env(project), "WSSS_PARAMS": str(project / "long.yaml")}
     proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env, text=True,

@@ -78,3 +78,64 @@ def test_a_region_on_the_class_background_costs_more_than_one_on_the_object(visu
     on_object = term(x, logits_for(1 - right), torch.tensor([[True]]))
     on_background = term(x, logits_for(right), torch.tensor([[True]]))
     assert float(on_background) > float(on_object) + 1.0
+
+
+class _Pairs(torch.utils.data.Dataset):
+    """Two fixed (image, label map, image labels) samples, as `SegmentationPairs` yields them."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(3)
+        self.x = torch.randn(2, 3, 16, 16, generator=g)
+        self.y = torch.randint(0, 3, (2, 16, 16), generator=g)
+        self.y[0, :4] = 255
+        self.labels = torch.tensor([[True, False], [True, True]])
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i], self.labels[i]
+
+
+class _Segmenter(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return {"out": self.head(x)}
+
+
+def test_train_segmenter_steps_on_the_cgl_loss_plus_the_term(visual, tmp_path):
+    """`train.prompt_refine` > 0 inside `train_segmenter`: its one SGD step equals a step on
+    CGL + λ₃ · L_refine computed by hand, and the term is logged as `loss_refine`."""
+    from wsss.seg.loss import confidence_guided_loss
+    from wsss.seg.train import train_segmenter
+    from wsss.settings import TrainSettings
+
+    data = _Pairs()
+    prompts = F.normalize(torch.randn(2, 32, generator=torch.Generator().manual_seed(4)), dim=-1)
+    term = _term(visual, prompts, weight=0.5)
+    cfg = TrainSettings(arch="toy", head="deeplabv3", iterations=1, batch_size=2, lr=0.1, momentum=0.0,
+                        weight_decay=0.0, log_every=1, checkpoint_every=1, device="cpu", prompt_refine=0.5)
+    model, expected = _Segmenter(), _Segmenter()
+    logged = []
+    train_segmenter(model, data, cfg, tmp_path, "k", on_log=lambda it, m: logged.append(m), progress=False,
+                    refine=term)
+    logits = expected(data.x)["out"]
+    refine = term(data.x, logits, data.labels)
+    (confidence_guided_loss(logits, data.y) + refine).backward()
+    with torch.no_grad():
+        for p in expected.parameters():
+            p -= 0.1 * p.grad
+    for got, want in zip(model.parameters(), expected.parameters()):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    refine = float(refine.detach())
+    assert logged[0]["loss_refine"] == pytest.approx(refine, abs=1e-6) and refine > 0
+    without = _Segmenter()
+    train_segmenter(without, data, cfg, tmp_path / "plain", "k", progress=False)
+    assert (without.head.weight - model.head.weight).abs().max() > 1e-6  # the term changed the step

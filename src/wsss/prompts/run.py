@@ -15,6 +15,7 @@ from wsss.settings import Settings
 
 FEATURES_FILE = "features.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
+SEMPLES_CLASS_TEMPLATE = "a photo of {}."  # SemPLeS's to_text (clip_utils.prompt_dict)
 
 
 def training_split(settings: Settings):
@@ -91,16 +92,41 @@ def cached_features(settings: Settings, ds, model, progress: bool = True):
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            if state.get("key") == key:
+            if state.get("key") == key and "images" in state:
                 print(f"prompts: crop embeddings of {len(state['classes'])} (image, class) pairs from {path}")
-                return CropFeatures(state["background"], state["foreground"], state["classes"], key)
+                return CropFeatures(state["background"], state["foreground"], state["classes"], key,
+                                    state["images"], int(state["num_images"]))
         except Exception:
             pass  # damaged or of another version: recompute
     feats = crop_features(ds, settings.prompts.teacher, model, settings.prompts, key, progress)
     with atomic_path(path) as tmp:
         torch.save({"key": key, "background": feats.background, "foreground": feats.foreground,
-                    "classes": feats.classes}, tmp)
+                    "classes": feats.classes, "images": feats.images, "num_images": feats.num_images}, tmp)
     return feats
+
+
+def epoch_features(settings: Settings, ds, model, progress: bool = True):
+    """The crop embeddings training takes: computed once (`prompts.crops: native`, cached), or a function
+    of the epoch that embeds that epoch's augmented crops (`augmented`, re-drawn every epoch)."""
+    if settings.prompts.crops == "native":
+        return cached_features(settings, ds, model, progress)
+    from functools import partial
+
+    from wsss.prompts.train import crop_features
+
+    return partial(crop_features, ds, settings.prompts.teacher, model, settings.prompts,
+                   feature_key(settings, ds), False)
+
+
+def class_texts(settings: Settings, model, tokenizer, names) -> "torch.Tensor":
+    """t_k of the objective: CLIP-ES's text side (`text.templates`, synonyms fused: what the CAMs score
+    against) or SemPLeS's "a photo of {class name}." (`prompts.class_text: semples`, its `to_text`)."""
+    from wsss.clip.text import encode_class_texts, fuse_synonyms
+
+    if settings.prompts.class_text == "semples":
+        return encode_class_texts(model, tokenizer, list(names), [SEMPLES_CLASS_TEMPLATE])
+    text = settings.text
+    return encode_class_texts(model, tokenizer, fuse_synonyms(names, text.synonyms), list(text.templates))
 
 
 def learn_prompts(settings: Settings, on_epoch: Callable[[int, dict], None] | None = None,
@@ -111,7 +137,7 @@ def learn_prompts(settings: Settings, on_epoch: Callable[[int, dict], None] | No
     import torch
 
     from wsss.clip.model import load_clip
-    from wsss.clip.text import encode_class_texts, fuse_synonyms
+    from wsss.clip.text import encode_class_texts
     from wsss.clip.words import background_words
     from wsss.device import pick_device
     from wsss.prompts.learner import PromptLearner, word_init
@@ -126,10 +152,10 @@ def learn_prompts(settings: Settings, on_epoch: Callable[[int, dict], None] | No
     model, tokenizer = load_clip(clip.model, clip.pretrained, device=device, precision=clip.precision)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    feats = cached_features(settings, ds, model, progress)
+    feats = epoch_features(settings, ds, model, progress)
     seconds_features = time.perf_counter() - start
     names = ds.vocab.names
-    class_text = encode_class_texts(model, tokenizer, fuse_synonyms(names, text.synonyms), list(text.templates))
+    class_text = class_texts(settings, model, tokenizer, names)
     words = background_words(text.background)
     init = word_init(model, tokenizer, words, len(names), cfg.length) if cfg.init == "words" else None
     learner = PromptLearner(model, tokenizer, len(names), cfg.length, cfg.template, init, cfg.seed,
@@ -144,6 +170,7 @@ def learn_prompts(settings: Settings, on_epoch: Callable[[int, dict], None] | No
     word_text = encode_class_texts(model, tokenizer, words, list(text.templates))
     described = describe_prompts(model, tokenizer, learner.ctx, embeddings, names, class_text, words, word_text)
     identity = clip_identity(clip.model, clip.pretrained)
+    pairs = int(sum(len(labels) for labels in ds.table["labels"]))
     save_prompts(prompts_file(settings), embeddings, learner.ctx, names, identity, cfg.template,
-                 {"key": key, "history": history, "described": described, "pairs": len(feats)})
-    return LearnedPrompts(history, described, len(feats), len(ds), seconds_features, seconds_training)
+                 {"key": key, "history": history, "described": described, "pairs": pairs})
+    return LearnedPrompts(history, described, pairs, len(ds), seconds_features, seconds_training)
