@@ -391,6 +391,31 @@ def test_clip_backbone_segmenter_handles_any_size_and_stays_frozen():
     assert any(p.grad is not None for p in model.classifier.parameters())
 
 
+@pytest.mark.parametrize("decoder_stride", [4, 2, 1])
+def test_the_v3plus_decoder_reaches_the_stride_it_is_given(decoder_stride, tmp_path, monkeypatch):
+    """`train.decoder_stride`: the V3+ decoder's last fused features (what the classifier sees) are at that
+    stride, so the logits are drawn at it, not bilinearly upsampled from stride 4; the saved file rebuilds
+    the same network."""
+    from helpers.clip_es import tiny_clip
+
+    import wsss.seg.model as seg_model
+    from wsss.seg.infer import load_segmenter, save_segmenter
+
+    monkeypatch.setattr(seg_model, "clip_tower", lambda name, weights: tiny_clip().visual.float())
+    torch.manual_seed(0)
+    model = seg_model.build_segmenter("clip", 3, width=4, clip_model="tiny", head="deeplabv3plus",
+                                      decoder_stride=decoder_stride).eval()
+    seen = {}
+    model.classifier.register_forward_hook(lambda m, i, o: seen.update(shape=i[0].shape))
+    x = torch.randn(1, 3, 32, 32)
+    assert model(x)["out"].shape == (1, 3, 32, 32) and seen["shape"][-1] == 32 // decoder_stride
+    save_segmenter(tmp_path / "s.pt", model, "clip", 4, ["a", "b"], clip_model="tiny", head="deeplabv3plus",
+                   decoder_stride=decoder_stride)
+    loaded, info = load_segmenter(tmp_path / "s.pt")
+    assert info["decoder_stride"] == decoder_stride
+    torch.testing.assert_close(loaded(x)["out"], model(x)["out"])
+
+
 def test_whole_coco_deeplab_v3_initialises_the_v3plus_backbone_and_aspp(tmp_path):
     """A whole torchvision DeepLab-V3 state dict (COCO init for VOC) fills the V3+ model's backbone and its
     ASPP (stored there as classifier.0); the classifier of another class count stays at its initialisation."""

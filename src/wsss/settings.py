@@ -236,6 +236,7 @@ class TrainSettings(Section):
     arch: Literal["toy", "clip", "resnet50", "resnet101", "mobilenet_v3_large"] = knob("clip")
     width: int = knob(16, ge=4)
     head: Literal["deeplabv3", "deeplabv3plus"] = knob("deeplabv3plus")
+    decoder_stride: Literal[1, 2, 4] = knob(4)
     backbone_lr: float | None = knob(None, ge=0)
     weights: str | None = knob(None)
     target: Literal["pseudo", "ground_truth"] = knob("pseudo")
@@ -261,6 +262,9 @@ class TrainSettings(Section):
         if self.head == "deeplabv3plus" and self.arch not in V3PLUS_ARCHS:
             raise ConfigError(f"train.head deeplabv3plus needs stride-4 features: arch clip, resnet50 or resnet101, "
                               f"not {self.arch} (set train.head: deeplabv3)")
+        if self.decoder_stride != 4 and (self.head != "deeplabv3plus" or self.arch != "clip"):
+            raise ConfigError(f"train.decoder_stride {self.decoder_stride} continues the V3+ decoder on the clip "
+                              f"backbone's pixel stem: it needs head deeplabv3plus and arch clip (or set 4)")
         if self.backbone_lr == 0 and self.arch != "clip":
             raise ConfigError(f"train.backbone_lr 0 (a frozen backbone) is for arch clip; a {self.arch} backbone "
                               f"trains with its BatchNorm statistics: use a factor > 0")
@@ -446,8 +450,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise _Mismatch
     if origin is Literal:
-        if value in args:
-            return value
+        if value in args and (not isinstance(value, bool) or any(isinstance(a, bool) for a in args)):
+            return value  # (True == 1: a boolean is no numeric choice)
         raise _Mismatch
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -24,8 +24,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def save_segmenter(path: str | Path, model: torch.nn.Module, arch: str, width: int, classes: list[str],
-                   meta: dict | None = None, clip_model: str | None = None, head: str = "deeplabv3") -> None:
+                   meta: dict | None = None, clip_model: str | None = None, head: str = "deeplabv3",
+                   decoder_stride: int = 4) -> None:
     state = {"format": FORMAT, "arch": arch, "width": width, "head": head, "clip_model": clip_model,
+             "decoder_stride": decoder_stride,
              "classes": list(classes),
              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": dict(meta or {})}
@@ -40,7 +42,8 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
     state = load_versioned(path, FORMAT, "segmenter file", "run `dvc repro train`")
     model = build_segmenter(state["arch"], len(state["classes"]) + 1, width=state["width"],
-                            clip_model=state.get("clip_model"), head=state.get("head", "deeplabv3"))
+                            clip_model=state.get("clip_model"), head=state.get("head", "deeplabv3"),
+                            decoder_stride=state.get("decoder_stride", 4))
     model.load_state_dict(state["state_dict"])
     info = {k: v for k, v in state.items() if k != "state_dict"}
     return model.to(device).eval(), info

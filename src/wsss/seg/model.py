@@ -41,17 +41,26 @@ class ToyBackbone(nn.Module):
 
 
 class PixelStem(nn.Module):
-    """Low-level features straight from the pixels at stride 4 (two stride-2 stages): the edges a ViT's
-    patch tokens (stride 8 or 16) blur away, for the DeepLab-V3+ decoder of a `clip` backbone."""
+    """Trainable features straight from the pixels for the DeepLab-V3+ decoder of a `clip` backbone: the
+    edges a ViT's patch tokens (stride 8 or 16) blur away. Two stride-2 stages give the stride-4 features
+    of the paper's decoder (and, on the way, stride-2 ones); `strides` with 1 adds a full-resolution branch,
+    two 3×3 convolutions on the image, so the decoder can place an edge to the pixel."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, strides: tuple[int, ...] = (4,)):
         super().__init__()
-        self.out_channels = 2 * width
+        self.strides = tuple(sorted(strides, reverse=True))
+        self.channels = {4: 2 * width, 2: width, 1: width}
+        self.out_channels = self.channels[4]
         self.body = nn.Sequential(_conv(3, width, 2), _conv(width, width), _conv(width, 2 * width, 2),
                                   _conv(2 * width, 2 * width))
+        self.full = nn.Sequential(_conv(3, width), _conv(width, width)) if 1 in strides else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        half = self.body[1](self.body[0](x))
+        out = {4: self.body[3](self.body[2](half)), 2: half}
+        if self.full is not None:
+            out[1] = self.full(x)
+        return {s: out[s] for s in self.strides}
 
 
 class ClipBackbone(nn.Module):
@@ -77,7 +86,7 @@ class ClipBackbone(nn.Module):
             with torch.no_grad():
                 features = self._forward(x)
         if self.stem is not None:
-            features["low"] = self.stem(x)
+            features.update({"low" if s == 4 else f"low{s}": f for s, f in self.stem(x).items()})
         return features
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -92,10 +101,13 @@ class ClipBackbone(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """DeepLab-V3+ (Chen et al., 2018): the ASPP output upsampled to the stride-4 low-level features,
     concatenated with their 1×1 projection, two 3×3 convolutions, the classifier, bilinear to the input.
-    The backbone returns {"out": deep features, "low": stride-4 features}."""
+    The backbone returns {"out": deep features, "low": stride-4 features}. `finer` = ((stride, channels),
+    ...) continues the decoder U-Net-style down to stride 2 and 1 ("low2", "low1" features): each level
+    upsamples ×2, adds its projected features and two 3×3 convolutions at half the width, so the logits
+    come from full resolution instead of a ×4 bilinear upsampling (corners, thin parts, holes)."""
 
     def __init__(self, backbone: nn.Module, in_channels: int, low_channels: int, num_classes: int,
-                 rates: tuple[int, ...], channels: int):
+                 rates: tuple[int, ...], channels: int, finer: tuple[tuple[int, int], ...] = ()):
         super().__init__()
         self.backbone = backbone
         self.aspp = ASPP(in_channels, list(rates), channels)
@@ -103,14 +115,28 @@ class DeepLabV3Plus(nn.Module):
         self.project = nn.Sequential(nn.Conv2d(low_channels, low, 1, bias=False), nn.BatchNorm2d(low),
                                      nn.ReLU(inplace=True))
         self.fuse = nn.Sequential(_conv(channels + low, channels), _conv(channels, channels))
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.strides = tuple(stride for stride, _ in finer)
+        self.finer = nn.ModuleList()
+        width = channels
+        for _, skip_channels in finer:
+            out = max(8, width // 2)
+            self.finer.append(nn.ModuleDict({
+                "project": nn.Sequential(nn.Conv2d(skip_channels, out, 1, bias=False), nn.BatchNorm2d(out),
+                                         nn.ReLU(inplace=True)),
+                "fuse": nn.Sequential(_conv(width + out, out), _conv(out, out))}))
+            width = out
+        self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)
         low = self.project(features["low"])
         deep = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear", align_corners=False)
-        logits = self.classifier(self.fuse(torch.cat([deep, low], dim=1)))
-        return {"out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+        y = self.fuse(torch.cat([deep, low], dim=1))
+        for stride, level in zip(self.strides, self.finer):
+            skip = level["project"](features[f"low{stride}"])
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = level["fuse"](torch.cat([y, skip], dim=1))
+        return {"out": F.interpolate(self.classifier(y), size=x.shape[-2:], mode="bilinear", align_corners=False)}
 
 
 def clip_tower(model_name: str, weights: str | None) -> nn.Module:
@@ -142,22 +168,29 @@ def deeplab_head(in_channels: int, num_classes: int, rates: tuple[int, ...], cha
 
 def build_segmenter(arch: str, num_classes: int, weights: str | None = None, width: int = 16,
                     clip_model: str | None = None, head: str = "deeplabv3",
-                    trainable_backbone: bool = False) -> nn.Module:
+                    trainable_backbone: bool = False, decoder_stride: int = 4) -> nn.Module:
     """A DeepLab-V3 (`head` deeplabv3plus: V3+) with `num_classes` outputs (background included);
     `weights`: a local state dict (for `clip`: the CLIP checkpoint of `clip_model` whose image tower becomes
-    the backbone). `trainable_backbone`: whether the CLIP tower gets gradients (other backbones always do)."""
+    the backbone). `trainable_backbone`: whether the CLIP tower gets gradients (other backbones always do).
+    `decoder_stride`: the finest stride the V3+ decoder fuses pixel features at (4 as published; 2 or 1
+    continue it to full resolution, `clip` only)."""
     if head == "deeplabv3plus" and arch not in V3PLUS_ARCHS:
         raise ConfigError(f"train.head deeplabv3plus works with arch clip, resnet50 or resnet101, not {arch}")
+    if decoder_stride != 4 and (head != "deeplabv3plus" or arch != "clip"):
+        raise ConfigError("train.decoder_stride below 4 needs head deeplabv3plus and arch clip")
     if arch == "toy":
         backbone = ToyBackbone(width)
         model = DeepLabV3(backbone, deeplab_head(backbone.out_channels, num_classes, (2, 4, 6), 2 * width))
     elif arch == "clip":
         if not clip_model:
             raise ConfigError("train.arch clip needs the CLIP model name (clip.model)")
-        stem = PixelStem(width) if head == "deeplabv3plus" else None
+        strides = tuple(s for s in (4, 2, 1) if s >= decoder_stride)
+        stem = PixelStem(width, strides) if head == "deeplabv3plus" else None
         backbone = ClipBackbone(clip_tower(clip_model, weights), trainable=trainable_backbone, stem=stem)
         if stem is not None:
-            return DeepLabV3Plus(backbone, backbone.out_channels, stem.out_channels, num_classes, (2, 4, 6), 4 * width)
+            finer = tuple((s, stem.channels[s]) for s in strides[1:])
+            return DeepLabV3Plus(backbone, backbone.out_channels, stem.out_channels, num_classes, (2, 4, 6),
+                                 4 * width, finer)
         return DeepLabV3(backbone, deeplab_head(backbone.out_channels, num_classes, (2, 4, 6), 4 * width))
     elif arch in ARCHITECTURES:
         from torchvision.models import segmentation

@@ -119,7 +119,7 @@ def train_from_settings(settings: Settings, on_log: Callable | None = None, on_c
     if World.from_env().main:
         save_segmenter(Path(cfg.out) / SEGMENTER_FILE, model, cfg.arch, cfg.width, list(ds.vocab.names),
                        {"key": key, "iterations": stats["iterations"], "target": cfg.target},
-                       settings.clip.model if cfg.arch == "clip" else None, cfg.head)
+                       settings.clip.model if cfg.arch == "clip" else None, cfg.head, cfg.decoder_stride)
         write_json(Path(cfg.out) / KEY_FILE, {"key": key, "target": cfg.target, "classes": list(ds.vocab.names)})
     return {**stats, "images": len(ds)}
 
@@ -134,7 +134,7 @@ def new_segmenter(settings: Settings, num_classes: int):
     clip_model = settings.clip.model if cfg.arch == "clip" else None
     weights = cfg.weights or (settings.clip.pretrained if cfg.arch == "clip" else None)
     return build_segmenter(cfg.arch, num_classes + 1, weights, cfg.width, clip_model, cfg.head,
-                           trainable_backbone=backbone_lr(cfg) > 0)
+                           trainable_backbone=backbone_lr(cfg) > 0, decoder_stride=cfg.decoder_stride)
 
 
 def _transform(image, mask, g, *, crop, scale, fn):
