@@ -1,10 +1,10 @@
 """The segmenter ablation on the toy world: the pseudo masks it learns from, the segmenter trained on them
-with the confidence-guided loss only, with SemPLeS's prompt-guided refinement added, and — as an upper
-bound the product never uses — the same network trained on the ground-truth masks. val mIoU single-scale
-and multi-scale + flip, and per-class IoU (multi-scale).
+(the product, params.yaml's `train` settings), each lever changed on its own, and — as an upper bound the
+product never uses — the same networks trained on the ground-truth masks. val mIoU single-scale and
+multi-scale + flip, per-class IoU (multi-scale) and the seconds each row took to train.
 
-    python benchmarks/seg_toy_table.py                          # params.yaml's train settings, all rows
-    python benchmarks/seg_toy_table.py --rows cgl refine        # only these rows
+    python benchmarks/seg_toy_table.py                          # every row
+    python benchmarks/seg_toy_table.py --rows cgl gt            # only these rows
     python benchmarks/seg_toy_table.py -S iterations=2500       # other train settings for every row
     python benchmarks/seg_toy_table.py --report reports/seg_ablation   # also write <report>.md / .json
 
@@ -36,19 +36,23 @@ from wsss.seg.run import SEGMENTER_FILE, train_from_settings  # noqa: E402
 from wsss.settings import load_settings  # noqa: E402
 
 PUBLISHED_REFINE = 0.05  # SemPLeS, VOC
-ROWS = {"cgl": "segmenter, confidence-guided loss only",
-        "refine": "segmenter, + prompt-guided refinement",
-        "gt": "same network on ground truth (UPPER BOUND, not the product)"}
+# row: (what it is, overrides of the train settings); "refine" gets its λ₃ in row_settings
+ROWS = {
+    "cgl": ("segmenter, confidence-guided loss (the product)", {}),
+    "refine": ("+ prompt-guided refinement", {}),
+    "stride4": ("decoder at stride 4 (DeepLab-V3+ as published)", {"decoder_stride": 4}),
+    "v3": ("DeepLab-V3 head (no decoder)", {"head": "deeplabv3", "decoder_stride": 4}),
+    "gt": ("same network on ground truth (UPPER BOUND, not the product)", {"target": "ground_truth"}),
+    "gt_stride4": ("decoder at stride 4 on ground truth (UPPER BOUND)", {"target": "ground_truth",
+                                                                          "decoder_stride": 4}),
+}
 
 
 def row_settings(settings, row: str, out: str, overrides: dict):
     train = replace(settings.train, out=out, checkpoint_every=10 ** 9, **overrides)
-    if row == "cgl":
-        train = replace(train, prompt_refine=0.0)
-    elif row == "refine":
-        train = replace(train, prompt_refine=train.prompt_refine or PUBLISHED_REFINE)
-    else:
-        train = replace(train, target="ground_truth", prompt_refine=0.0)
+    train = replace(train, prompt_refine=0.0, **ROWS[row][1])
+    if row == "refine":
+        train = replace(train, prompt_refine=settings.train.prompt_refine or PUBLISHED_REFINE)
     return replace(settings, train=train)
 
 
@@ -57,27 +61,30 @@ def train_and_score(settings, val) -> dict:
         s = replace(settings, train=replace(settings.train, out=tmp))
         t0 = time.perf_counter()
         stats = train_from_settings(s, progress=False)
+        seconds = time.perf_counter() - t0
         model, info = load_segmenter(Path(tmp) / SEGMENTER_FILE)
         single, _ = evaluate_segmenter(model, info, val, (1.0,), False, progress=False)
         multi, _ = evaluate_segmenter(model, info, val, settings.evaluate.scales, settings.evaluate.flip,
                                       progress=False)
     return {"val": single["miou"], "val_ms": multi["miou"], "prompt_refine": settings.train.prompt_refine,
-            "seconds": time.perf_counter() - t0, "images_per_second": stats["images_per_second"],
+            "seconds": seconds, "images_per_second": stats["images_per_second"],
             "per_class": {c: v["iou"] for c, v in multi["per_class"].items()}}
 
 
 def markdown(results: dict, pseudo: dict, train_cfg) -> str:
     classes = list(next(iter(results.values()))["per_class"])
-    head = ["val", "val, multi-scale + flip", *classes]
-    lines = [f"Segmenter: arch {train_cfg.arch}, head {train_cfg.head}, width {train_cfg.width}, "
-             f"{train_cfg.iterations} iterations. mIoU / IoU % on `val`; per class: multi-scale + flip.", "",
+    head = ["val", "val, multi-scale + flip", "s to train", *classes]
+    lines = [f"Segmenter (the product's settings): arch {train_cfg.arch}, head {train_cfg.head}, decoder stride "
+             f"{train_cfg.decoder_stride}, width {train_cfg.width}, {train_cfg.iterations} iterations. mIoU / IoU % "
+             "on `val`; per class: multi-scale + flip; seconds to train on this machine's CPU.", "",
              "| | " + " | ".join(head) + " |", "|---" + "|---:" * len(head) + "|",
-             f"| pseudo masks (made with the image labels known) | {100 * pseudo['val']['miou']:.1f} | – |"
+             f"| pseudo masks (made with the image labels known) | {100 * pseudo['val']['miou']:.1f} | – | – |"
              + " |" * len(classes)]
     for key, r in results.items():
-        name = ROWS[key] + (f" (λ₃ = {r['prompt_refine']:g})" if key == "refine" else "")
-        cells = [r["val"], r["val_ms"], *(r["per_class"][c] for c in classes)]
-        lines.append(f"| {name} | " + " | ".join(f"{100 * c:.1f}" for c in cells) + " |")
+        name = ROWS[key][0] + (f" (λ₃ = {r['prompt_refine']:g})" if key == "refine" else "")
+        cells = [f"{100 * c:.1f}" for c in (r["val"], r["val_ms"])] + [f"{r['seconds']:.0f}"]
+        cells += [f"{100 * r['per_class'][c]:.1f}" for c in classes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
