@@ -158,7 +158,6 @@ def select_template_cmd(split: str = typer.Option("train", help="Split of the pr
 
     from wsss.clip.model import load_clip
     from wsss.clip.text import fuse_synonyms, select_template
-    from wsss.data.images import load_rgb
     from wsss.data.manifest import read_dataset
     from wsss.io import write_json
     from wsss.settings import load_settings
@@ -167,7 +166,7 @@ def select_template_cmd(split: str = typer.Option("train", help="Split of the pr
     clip, text = settings.clip, settings.text
     ds = read_dataset(settings.data.prepared).split(split)
     rows = ds.table[ds.table["labels"].map(len) >= 2]
-    pairs = ((load_rgb(ds.image_path(r)), [c - 1 for c in r["labels"]]) for _, r in islice(rows.iterrows(), limit))
+    pairs = ((ds.load_rgb(r), [c - 1 for c in r["labels"]]) for _, r in islice(rows.iterrows(), limit))
     model, tokenizer = load_clip(clip.model, clip.pretrained, device=_device(clip.device), precision=clip.precision)
     names = fuse_synonyms(ds.vocab.names, text.synonyms)
     cands = [ln for ln in candidates.read_text().splitlines() if "{}" in ln] if candidates else None

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from wsss import interrupt
 from wsss.amp import autocast
 from wsss.cam.store import cam_path, load_cam
-from wsss.data.images import load_rgb
 from wsss.io import atomic_path, load_keyed
 from wsss.progress import WarmProgress
 from wsss.prompts.learner import PromptLearner
@@ -89,7 +88,7 @@ def crop_features(ds, teacher_dir: str | Path, model, cfg: PromptsSettings, key:
     with WarmProgress(len(ds), "prompt crops", disable=not progress) as bar:
         for _, row in ds.table.iterrows():
             interrupt.check()
-            x = preprocess(load_rgb(ds.image_path(row)), patch_size, mean, std)
+            x = preprocess(ds.load_rgb(row), patch_size, mean, std)
             record = load_cam(cam_path(teacher_dir, row["id"]))
             size = tuple(x.shape[-2:])
             for j, label in enumerate(record.labels):
