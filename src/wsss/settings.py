@@ -372,6 +372,12 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"{path}: {e}") from None
 
 
+def project_settings() -> Settings:
+    """The project's settings when there is a params file (`params_path()`), else the defaults: for the
+    commands that also work outside a project (`wsss validate`, the validate-drop flow)."""
+    return load_settings() if params_path().is_file() else Settings()
+
+
 def parse_settings(raw: Any) -> Settings:
     """A mapping of sections (as in params.yaml) → `Settings`; missing sections and keys take defaults."""
     if not isinstance(raw, dict):
