@@ -154,8 +154,8 @@ def _label_mask_agreement(out: pd.DataFrame, t: pd.DataFrame, masks: list, names
         missing = sorted(set(labels) - set(classes)) if usable else []
         ok.append(None if not usable else not extra)
         painted.append(None if not usable or extra else not missing)
-        unlabelled.append(f"mask paints {{{', '.join(names(extra))}}}, labels {{{', '.join(names(labels))}}}"
-                          if extra else "")
+        unlabelled.append(f"mask paints {{{', '.join(names(sorted(classes)))}}}, labels {{{', '.join(names(labels))}}}:"
+                          f" {', '.join(names(extra))} not labelled" if extra else "")
         unpainted.append(f"{', '.join(names(missing))} labelled but not painted in {out.at[k, 'mask']}"
                          if missing else "")
     out["mask_labels_ok"], out["labels_painted"] = _nullable(ok), _nullable(painted)
