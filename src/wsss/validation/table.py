@@ -76,7 +76,8 @@ def check_image(root: Path, rel: str, max_pixels: int | None, exif: str = "ignor
         except DataError as e:
             out.update(rgb_convertible=False, image_error=str(e))
             return out
-        out.update(phash=perceptual_hash(rgb), entropy=round(grey_entropy(rgb), 4))
+        grey = rgb.convert("L")
+        out.update(phash=perceptual_hash(grey), entropy=round(grey_entropy(grey), 4))
     return out
 
 
