@@ -77,3 +77,6 @@ def prepare(settings, run) -> dict:
     run.log_artifact(Path(data.prepared) / "classes.json", "prepared")
     return {"images": len(ds)}
 
+
+if __name__ == "__main__":
+    main(prepare)

@@ -29,7 +29,7 @@ from typing import Callable
 
 import pandas as pd
 
-from wsss.data.drops import RECORD, drop_dirs, read_record
+from wsss.data.drops import ID_SEPARATOR, RECORD, drop_dirs, read_record
 from wsss.errors import WsssError
 from wsss.io import atomic_dir, write_json
 from wsss.ops import commands
@@ -223,7 +223,6 @@ def _one(area, snap: Snapshot, dataset: TrackedDataset, merged, vocab, known: se
                            report=str(report))
         hashes = sorted(table["sha256"].dropna())
         known.update(hashes)  # a later drop of this run repeating these images is refused
-        from wsss.data.drops import ID_SEPARATOR
         from wsss.validation.store import record_content
 
         record = {"name": name, "source": str(area), "fingerprint": snap.fingerprint, "format": settings.ops.drop_format,

@@ -246,8 +246,8 @@ def validate_dataset(ds: Dataset, out_dir: str | Path, *, max_pixels: int | None
     file-context directory) defaults to `out_dir/gx`, rebuilt from scratch and swapped in atomically;
     a given `context_root` is kept and accumulates validation history. Non-RGB modes (L, P, CMYK, RGBA,
     ...) that convert safely are reported in the summary (`modes`, `warnings`), not failed.
-    `rules` (default `ValidationSettings()` with these limits) set the content checks' thresholds and
-    policies; `settings` give the label audit's CLIP and texts (None: no audit). `reference` (the content
+    `rules` (default: `settings.validation`, else `ValidationSettings()`) set the content checks' thresholds
+    and policies (`max_pixels`/`min_side` stay the arguments'); `settings` give the label audit's CLIP and texts (None: no audit). `reference` (the content
     store of the dataset a drop joins) adds near-duplicates against it, its scores to the audit and the
     drift checks; `reuse_scores` (a store, e.g. the previous `prepare`'s) lends CLIP scores of the same
     images made by the same CLIP; `known_content` (SHA-256 digests of the images a dataset already has) fails drop images
@@ -259,7 +259,7 @@ def validate_dataset(ds: Dataset, out_dir: str | Path, *, max_pixels: int | None
         raise ConfigError(f"{out_dir}: validation output must not be inside the dataset root {root}")
     if mode not in ("drop", "dataset"):
         raise ValueError(f"mode must be drop or dataset, got {mode!r}")
-    rules = rules or ValidationSettings()
+    rules = rules or (settings.validation if settings is not None else ValidationSettings())
     _quiet_gx()
     table = image_table(ds, max_pixels=max_pixels, workers=workers)
     table["new_content"] = ~table["sha256"].isin(set(known_content or ()))
