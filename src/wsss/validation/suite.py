@@ -135,8 +135,9 @@ def expectation(check: Check):
     import great_expectations as gx
 
     E = gx.expectations
+    description = check.title + (" (warning: reported, the drop still passes)" if check.severity == WARNING else "")
     common = {"column": check.column, "meta": {"check": check.key, "title": check.title},
-              "description": check.title, "severity": check.severity}
+              "description": description, "severity": check.severity}
     if check.mostly is not None:
         common["mostly"] = check.mostly
     if check.kind == "unique":
