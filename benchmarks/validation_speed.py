@@ -5,7 +5,7 @@
     PYTHONPATH=src python benchmarks/validation_speed.py --images 500 --clip-images 64 --vit-b16
 
 Fabricates a custom drop in a temporary folder (nothing committed): --images photo-like JPEGs of 500×375
-(VOC's typical size; a coarse colour field, shapes and noise, distinct per image) with a palette mask each
+(VOC's typical size; a colour field, clutter, labelled shapes and noise, distinct per image) with a palette mask each
 and labels that agree with it, then runs `validate_dataset` (every check: decode, hashes, blank, EXIF,
 label/mask agreement, near-duplicates within the drop and against a content store of as many images,
 drift, Great Expectations and Data Docs) with the label audit off, in a child process per size so that its
@@ -41,9 +41,14 @@ def _make(args) -> tuple[str, str]:
 
     root, k = args
     rng = np.random.default_rng(k)
-    image = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8), "RGB").resize(SIZE, Image.BICUBIC)
+    image = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8), "RGB").resize(SIZE, Image.BICUBIC)
     noise = rng.integers(-12, 13, (SIZE[1], SIZE[0], 3))
     image = Image.fromarray(np.clip(np.asarray(image, np.int16) + noise, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):  # clutter: a photo's many edges (a plain colour field hashes too alike)
+        x, y = int(rng.integers(0, 450)), int(rng.integers(0, 330))
+        draw.rectangle([x, y, x + int(rng.integers(10, 80)), y + int(rng.integers(10, 60))],
+                       fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
     mask = Image.new("L", SIZE, 0)
     labels = sorted(set(int(c) for c in rng.integers(1, len(CLASSES) + 1, rng.integers(1, 3))))
     for c in labels:
@@ -86,7 +91,8 @@ def run_validation(root: str, reference: str | None, workers: int) -> dict:
     if not reference:  # the dataset's own store, for the next run to compare with
         res.store(ds.vocab.names).save(Path(root).parent / "content.npz")
     return {"images": len(ds), "seconds": round(wall, 1), "read_seconds": round(read, 1),
-            "success": res.success, "warnings": len(res.warnings),
+            "success": res.success, "warnings": len(res.warnings), "failed": res.summary["failed_checks"],
+            "warned": res.summary["warned_checks"], "findings": [ln[:300] for ln in res.verdicts + res.warnings],
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -138,6 +144,8 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{n} images: validated in {row['seconds']} s (reading {row['read_seconds']} s), peak RSS "
                   f"{row['peak_rss_mib']} MiB, {row['warnings']} warning(s), passed {row['success']}", flush=True)
+            for line in row["findings"]:
+                print(f"  {line}")
         drop = Path(tmp) / f"drop{args.images[-1]}" / "data"
         from wsss.settings import ClipSettings
 

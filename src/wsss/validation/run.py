@@ -201,7 +201,8 @@ def _audit(ds: Dataset, table: pd.DataFrame, settings: Settings, rules: Validati
     for store in (reuse, reference):
         if store is not None and tuple(store.classes) == tuple(names):
             known.update(store.probs_by_sha(key))
-    ref_ok = ref_ok and reference.clip_key == key
+    ref_ok = ref_ok and reference.clip_key == key  # scores of another CLIP or texts lend no statistics
+    n_ref = len(reference) if ref_ok else 0
     probs = np.full((len(table), c), np.nan, np.float32)
     rows = np.flatnonzero(usable)
     todo = [i for i in rows if str(table.at[i, "sha256"]) not in known]
@@ -215,8 +216,9 @@ def _audit(ds: Dataset, table: pd.DataFrame, settings: Settings, rules: Validati
     labels = multi_hot([tuple(int(x) for x in str(s).split()) for s in table.loc[rows, "labels"]], c)
     all_labels, all_probs = labels, probs[rows]
     if ref_ok and n_ref:
-        all_labels = np.concatenate([labels, reference.labels.astype(np.uint8)])
-        all_probs = np.concatenate([all_probs, reference.probs.astype(np.float32)])
+        scored = np.isfinite(reference.probs.astype(np.float32)).all(axis=1)  # images it could not score: none
+        all_labels = np.concatenate([labels, reference.labels[scored].astype(np.uint8)])
+        all_probs = np.concatenate([all_probs, reference.probs[scored].astype(np.float32)])
     result = audit_labels(all_labels, all_probs, rules.audit_min_images)
     flagged = {}
     for f in result.findings:

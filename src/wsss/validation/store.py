@@ -48,7 +48,7 @@ class ContentStore:
         """{SHA-256: probabilities} made with `clip_key` (empty when another CLIP or texts made them)."""
         if self.probs is None or clip_key != self.clip_key:
             return {}
-        return {str(s): p for s, p in zip(self.sha256, self.probs)}
+        return {str(s): p for s, p in zip(self.sha256, self.probs) if np.isfinite(p).all()}
 
     def save(self, path: str | Path) -> None:
         arrays = dict(format=np.array(FORMAT), ids=self.ids.astype(str), splits=self.splits.astype(str),
