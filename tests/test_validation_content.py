@@ -254,3 +254,23 @@ def test_a_clean_drop_has_no_content_warning(tmp_path):
     assert res.success and res.verdicts == [] and res.warnings == []
     table = pd.read_csv(tmp_path / "r" / "images.csv")
     assert table["phash"].str.len().eq(2 * HASH_BYTES).all() and (table["entropy"] > 4).all()
+
+
+def test_wsss_validate_prints_one_line_per_finding_and_exits_by_severity(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from wsss.cli import app
+
+    monkeypatch.chdir(tmp_path)  # no project here: the shipped defaults
+    a = photo(5, SIZE)
+    photo_drop(tmp_path / "warned", [("a.png", a, "cat"), ("a2.jpg", near_copy(a), "cat")])
+    out = CliRunner().invoke(app, ["validate", str(tmp_path / "warned")])
+    assert out.exit_code == 0, out.output
+    assert [ln.split(":")[0] for ln in out.stdout.splitlines()] == ["WARN no near-duplicate image", "PASSED"]
+    photo_drop(tmp_path / "blank", [("flat.png", Image.new("RGB", SIZE), "cat"), ("ok.png", photo(6, SIZE), "dog")])
+    out = CliRunner().invoke(app, ["validate", str(tmp_path / "blank")])
+    assert out.exit_code == 1 and out.stdout.splitlines()[0].startswith("FAIL image is not blank: 1 image — flat")
+    phone_drop(tmp_path / "phone")
+    assert CliRunner().invoke(app, ["validate", str(tmp_path / "phone")]).exit_code == 1
+    out = CliRunner().invoke(app, ["validate", str(tmp_path / "phone"), "--exif", "apply"])
+    assert out.exit_code == 0 and out.stdout.splitlines() == [out.stdout.splitlines()[-1]]  # no finding at all
