@@ -70,7 +70,36 @@ def ingest_drops(project: Path, settings: Settings, drops: str | None) -> list[d
     if area is None:
         _log("no drop area (ops.drops / $WSSS_DROPS): nothing to ingest")
         return []
-    return [vars(o) for o in ingest(area, settings, project, log=_log)]
+    outcomes = ingest(area, settings, project, log=_log)
+    if outcomes:
+        report_findings(outcomes, settings)
+    return [vars(o) for o in outcomes]
+
+
+def report_findings(outcomes: list[Outcome], settings: Settings) -> None:
+    """Every drop's findings where people look: a Prefect artifact on this flow run (the UI's Artifacts tab)
+    and an MLflow run `ingest` (metrics, each drop's summary and report with its Data Docs)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from wsss.ops.ingest import findings_markdown, read_summary
+    from wsss.tracking.runs import start_stage_run
+
+    create_markdown_artifact(markdown=findings_markdown(outcomes), key="drop-findings",
+                             description="Dataset drops of this run: validation findings")
+    summaries = {o.drop: read_summary(o) or {} for o in outcomes}
+    with start_stage_run("ingest", {"drops": ", ".join(summaries)}, experiment=settings.tracking.experiment,
+                         uri=settings.tracking.uri) as run:
+        run.log_metrics({
+            "drops.merged": sum(o.status == "merged" for o in outcomes),
+            "drops.quarantined": sum(o.status == "quarantined" for o in outcomes),
+            "drops.failures": sum(len(s.get("verdicts", [])) for s in summaries.values()),
+            "drops.warnings": sum(len(s.get("warnings", [])) for s in summaries.values()),
+            "drops.labels_flagged": sum((s.get("label_audit") or {}).get("images_flagged", 0)
+                                        for s in summaries.values())})
+        for o in outcomes:
+            if summaries[o.drop]:
+                run.log_dict(summaries[o.drop], f"drops/{o.drop}/summary.json")
+                run.log_artifact(o.report, f"drops/{o.drop}")
 
 
 @task(name="experiment")

@@ -22,8 +22,11 @@ from wsss.errors import WsssError
 @task(name="validate")
 def validate(path: str, format: str, classes: str | None, labels: str | None, splits: list[str] | None,
              report_dir: str | None, max_pixels: int | None, min_side: int | None) -> dict:
+    from wsss.settings import project_settings
+
     result = validation.validate_drop(path, format=format, classes=classes, labels=labels, splits=splits,
-                                      report_dir=report_dir, max_pixels=max_pixels, min_side=min_side)
+                                      report_dir=report_dir, max_pixels=max_pixels, min_side=min_side,
+                                      settings=project_settings())
     return result.summary
 
 

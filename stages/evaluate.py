@@ -60,7 +60,7 @@ def _examples(ds, kept: dict, path: Path) -> None:
     from wsss.metrics.plots import example_grid
 
     table = ds.table.set_index("id")
-    rows = [(load_rgb_array(ds.root / table.loc[i, "image"]), load_mask(ds.root / table.loc[i, "mask"]), pred)
+    rows = [(load_rgb_array(ds.root / table.loc[i, "image"], exif=ds.exif), load_mask(ds.root / table.loc[i, "mask"]), pred)
             for i, pred in kept.items()]
     example_grid(rows, path, titles=("image", "ground truth", "prediction"), row_labels=list(kept))
 

@@ -2,6 +2,10 @@
 
 A dataset that fails validation is refused: the previous `data/prepared/` stays as it was, the GX report
 lands in `reports/validation/`, and the stage exits non-zero with one line per failing expectation.
+Warnings (near-duplicates, blank frames under `validation.blank: warn`, the CLIP label audit's likely
+wrong labels, ...) are printed and logged, never refused: a public dataset has label errors of its own.
+Beside the manifest goes the content store (`content.npz`: hashes, sizes, labels, CLIP scores) that a
+later drop is compared with.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from pathlib import Path
 from stages.common import main, stage
 
 
-@stage("prepare", ["data", "validation"], imports=("great_expectations", "wsss.validation", "wsss.data.readers"))
+@stage("prepare", ["data", "validation", "clip", "text"],
+       imports=("great_expectations", "wsss.validation", "wsss.data.readers"))
 def prepare(settings, run) -> dict:
     """Read (the base dataset and its accepted drops) → validate (Great Expectations) → write the manifest,
     refusing a failing drop."""
@@ -23,25 +28,37 @@ def prepare(settings, run) -> dict:
     from wsss.errors import DataError
     from wsss.io import atomic_dir, write_json
     from wsss.validation import validate_dataset
+    from wsss.validation.store import STORE, find_store
 
     data, rules = settings.data, settings.validation
+    try:
+        previous = find_store(data.prepared)  # CLIP scores of unchanged images are reused
+    except DataError as e:
+        print(f"prepare: {e}; scoring every image again")
+        previous = None
 
     def read_one(path, fmt, vocab):  # the base with its settings; a drop in its own format, the base classes
         if fmt is None:
             return read_dataset_source(path, format=data.format, classes=data.classes, splits=data.splits,
-                                       labels=data.labels)
-        return read_dataset_source(path, format=fmt, classes=vocab)
+                                       labels=data.labels, exif=data.exif)
+        return read_dataset_source(path, format=fmt, classes=vocab, exif=data.exif)
 
     ds = task(read_with_drops, name="read")(data.root, data.drops, read_one, data.splits)
     print(f"prepare: read {len(ds)} images, {ds.vocab.num_classes} classes from {data.root}; validating, then "
           f"writing {data.prepared} only if the drop passes")
     report_dir = Path(rules.report_dir)
     result = task(validate_dataset, name="validate")(ds, report_dir, max_pixels=rules.max_pixels,
-                                                     min_side=rules.min_side)
+                                                     min_side=rules.min_side, workers=rules.workers, rules=rules,
+                                                     settings=settings, mode="dataset",
+                                                     reuse_scores=previous)
     run.log_dict(result.summary, "validation/summary.json")
     run.log_artifact(report_dir, "validation")
+    audit = result.summary.get("label_audit", {})
     run.log_metrics({"images": len(ds), "classes": ds.vocab.num_classes,
-                     "validation.failed_expectations": len(result.verdicts)})
+                     "validation.failed_expectations": len(result.verdicts),
+                     "validation.warnings": len(result.warnings),
+                     "validation.near_duplicates": result.summary.get("near_duplicates", 0),
+                     "validation.label_audit.images_flagged": audit.get("images_flagged", 0)})
     for line in result.summary.get("warnings", []):
         print(line)
     if not result.success:  # the verdicts are the message: they must not depend on the log level
@@ -53,6 +70,7 @@ def prepare(settings, run) -> dict:
         with atomic_dir(data.prepared) as tmp:
             write_dataset(ds, tmp)
             write_json(tmp / "validation.json", result.summary)
+            result.store(ds.vocab.names).save(tmp / STORE)
 
     write()
     run.log_artifact(Path(data.prepared) / "manifest.csv", "prepared")

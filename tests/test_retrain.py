@@ -192,8 +192,22 @@ def test_retrain_end_to_end_on_a_tiny_toy_world(prefect_harness, team_project):
     # the drops moved: accepted / quarantine with its report
     assert s3lib.list_children(s3, s3lib.S3Uri("team", "drops/incoming/")) == []
     assert s3lib.list_children(s3, s3lib.S3Uri("team", "drops/quarantine/")) == ["bad", "bad.report"]
-    # the registry gate ran inside the experiment: the first model becomes champion
+    assert s3lib.list_children(s3, s3lib.S3Uri("team", "drops/accepted/")) == ["good", "good.report"]
+    # the findings where people look: the flow run's Prefect artifact and the MLflow run of the ingest
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as prefect_client:
+        [artifact] = prefect_client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["drop-findings"])))
+    assert "| good | merged | 5 | 0 | 0 | 0 |" in artifact.data and "| bad | quarantined |" in artifact.data
+    assert "- FAIL labels are in the vocabulary: 1 image — x (unknown: unicorn)" in artifact.data
     client = open_store(None)
+    [ingest_run] = client.search_runs([client.get_experiment_by_name("wsss").experiment_id],
+                                      "tags.`dvc.stage` = 'ingest'")
+    assert ingest_run.data.metrics["drops.merged"] == 1 and ingest_run.data.metrics["drops.quarantined"] == 1
+    assert {a.path for a in client.list_artifacts(ingest_run.info.run_id, "drops")} == {"drops/bad", "drops/good"}
+    # the registry gate ran inside the experiment: the first model becomes champion
     assert str(client.get_model_version_by_alias("wsss-segmenter", "champion").version) == "1"
 
 

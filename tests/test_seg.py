@@ -431,3 +431,20 @@ def test_whole_coco_deeplab_v3_initialises_the_v3plus_backbone_and_aspp(tmp_path
     torch.testing.assert_close(own["aspp.convs.0.0.weight"], source["classifier.0.convs.0.0.weight"])
     torch.testing.assert_close(own["backbone.layer1.0.conv1.weight"], source["backbone.layer1.0.conv1.weight"])
     assert own["classifier.weight"].shape[0] == 11
+
+
+def test_predict_reads_images_as_the_segmenter_was_trained(tmp_path):
+    """`data.exif` reaches `wsss predict` through the segmenter file: a phone photo (stored 28x20, EXIF
+    orientation 6) is predicted as displayed (20x28) by a segmenter trained with `apply`, as stored otherwise."""
+    from helpers.content import save_with_orientation
+    from wsss.seg.infer import load_segmenter
+    from wsss.seg.predict import predict_files
+
+    photo = tmp_path / "phone.jpg"
+    save_with_orientation(Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 28, 3), dtype=np.uint8)),
+                          photo, 6)
+    model, info = load_segmenter(_segmenter_file(tmp_path / "s.pt"))
+    for exif, size in (("ignore", (28, 20)), ("apply", (20, 28))):
+        info = {**info, "meta": {**info["meta"], "exif": exif}}
+        [written], refused = predict_files(model, info, [photo], tmp_path / exif, progress=False)
+        assert not refused and Image.open(written).size == size

@@ -48,7 +48,8 @@ def test_readme_example_files_relative_to_the_drop(drop):
 def test_files_relative_to_the_current_directory_come_first(drop):
     root, work = drop
     (work / "classes.txt").write_text("cat\ndog\nbird\n")  # shadows the drop's classes.txt (traffic light)
-    (work / "labels.csv").write_text('image,labels\n"a.png","cat;dog"\n"b.png","dog"\n')
+    # b.png's mask paints class 3 (the drop's traffic light): labelled here by the shadowing list's 3rd name
+    (work / "labels.csv").write_text('image,labels\n"a.png","cat;dog"\n"b.png","bird"\n')
     proc = wsss(str(root), "--format", "custom", "--classes", "classes.txt", "--labels", "labels.csv", cwd=work)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = summary_at(work, "drop-42")
@@ -66,11 +67,11 @@ def test_file_found_nowhere_is_one_line_naming_both_places(drop):
 
 def test_classes_and_labels_resolve_alike_for_voc(tmp_path, monkeypatch):
     root = make_voc(tmp_path / "voc", classes_txt=True)
-    (root / "labels.json").write_text(json.dumps({VOC_IDS[3]: ["dog"]}))
+    (root / "labels.json").write_text(json.dumps({VOC_IDS[3]: ["aeroplane", "dog"]}))  # the mask paints aeroplane
     monkeypatch.chdir(tmp_path)  # neither file is here: both come from the drop root
     res = validate_drop(root, classes="classes.txt", labels="labels.json", splits=["val"])
     assert res.success, res.verdicts
-    assert res.table.set_index("id").loc[VOC_IDS[3], "labels"] == "12"  # dog, from the labels file
+    assert res.table.set_index("id").loc[VOC_IDS[3], "labels"] == "1 12"  # + dog, from the labels file
     assert (tmp_path / "reports" / "drops" / "voc" / "summary.json").is_file()
     assert default_report_dir(root) == default_report_dir(str(root) + "/.")
 

@@ -60,8 +60,9 @@ def test_clean_drop_passes_with_data_docs(voc, tmp_path):
     assert (tmp_path / "report" / "images.csv").is_file()
     # a persistent GX context keeps history across drops
     ctx = tmp_path / "ctx"
-    validate_dataset(read_voc(voc), tmp_path / "r2", context_root=ctx)
-    res2 = validate_dataset(read_voc(voc), tmp_path / "r2", context_root=ctx, reference=read_voc(voc))
+    first = validate_dataset(read_voc(voc), tmp_path / "r2", context_root=ctx)
+    res2 = validate_dataset(read_voc(voc), tmp_path / "r2", context_root=ctx,
+                            reference=first.store(read_voc(voc).vocab.names))
     assert (ctx / "uncommitted" / "data_docs" / "local_site" / "index.html").is_file()
     assert res2.summary["class_balance"]["max_abs_shift"] == 0.0
 

@@ -93,13 +93,30 @@ def validate(path: Path = typer.Argument(..., help="Dataset root (a drop) to val
              report_dir: Optional[Path] = typer.Option(None, help="Where the report goes "
                                                        "[default: reports/drops/<drop folder name>]."),
              max_pixels: int = typer.Option(_CHECKS.max_pixels, help="Refuse images with more pixels (bombs)."),
-             min_side: int = typer.Option(_CHECKS.min_side, help="Refuse images with a smaller side.")):
-    """Validate a dataset drop with Great Expectations; exit 1 and name each defect if it fails.
-    Works anywhere (no project needed); warnings (converted grayscale/CMYK/alpha images) are printed too."""
-    from wsss.validation import report_lines, validate_drop
+             min_side: int = typer.Option(_CHECKS.min_side, help="Refuse images with a smaller side."),
+             against: Optional[Path] = typer.Option(None, help="A prepared dataset (e.g. data/prepared): compare the "
+                                                    "drop with its content store (near-copies of its val/test "
+                                                    "images, label audit, drift)."),
+             exif: Optional[str] = typer.Option(None, help="ignore | apply: EXIF orientation [default: data.exif]."),
+             label_audit: Optional[str] = typer.Option(None, help="off | warn | quarantine | refuse "
+                                                       "[default: validation.label_audit].")):
+    """Validate a dataset drop with Great Expectations; exit 1 and name each defect if it fails. One line
+    per finding: FAIL (refused) and WARN (converted modes, near-duplicates, likely wrong labels, drift, ...).
+    Works anywhere: inside the project its params.yaml gives the rules and the label audit's CLIP."""
+    from dataclasses import replace
 
+    from wsss.settings import project_settings
+    from wsss.validation import report_lines, validate_drop
+    from wsss.validation.store import STORE, load_store
+
+    settings = project_settings()
+    data = replace(settings.data, exif=exif) if exif else settings.data
+    rules = replace(settings.validation, label_audit=label_audit) if label_audit else settings.validation
+    settings = replace(settings, data=data, validation=rules)
+    reference = load_store(against / STORE) if against is not None else None
     result = validate_drop(path, format=format, classes=classes, labels=labels, splits=split,
-                           report_dir=report_dir, max_pixels=max_pixels, min_side=min_side)
+                           report_dir=report_dir, max_pixels=max_pixels, min_side=min_side, settings=settings,
+                           reference=reference)
     for line in report_lines(result.summary):
         typer.echo(line)
     raise typer.Exit(0 if result.success else 1)
@@ -158,7 +175,6 @@ def select_template_cmd(split: str = typer.Option("train", help="Split of the pr
 
     from wsss.clip.model import load_clip
     from wsss.clip.text import fuse_synonyms, select_template
-    from wsss.data.images import load_rgb
     from wsss.data.manifest import read_dataset
     from wsss.io import write_json
     from wsss.settings import load_settings
@@ -167,7 +183,7 @@ def select_template_cmd(split: str = typer.Option("train", help="Split of the pr
     clip, text = settings.clip, settings.text
     ds = read_dataset(settings.data.prepared).split(split)
     rows = ds.table[ds.table["labels"].map(len) >= 2]
-    pairs = ((load_rgb(ds.image_path(r)), [c - 1 for c in r["labels"]]) for _, r in islice(rows.iterrows(), limit))
+    pairs = ((ds.load_rgb(r), [c - 1 for c in r["labels"]]) for _, r in islice(rows.iterrows(), limit))
     model, tokenizer = load_clip(clip.model, clip.pretrained, device=_device(clip.device), precision=clip.precision)
     names = fuse_synonyms(ds.vocab.names, text.synonyms)
     cands = [ln for ln in candidates.read_text().splitlines() if "{}" in ln] if candidates else None
@@ -254,9 +270,10 @@ def drops_deliver(folder: Path = typer.Argument(..., help="The drop: images + la
 
 
 @drops_app.command("ls")
-def drops_ls(area: Optional[str] = _AREA):
+def drops_ls(area: Optional[str] = _AREA, findings: int = typer.Option(5, help="Finding lines shown per drop.")):
     """The drops waiting (incoming), merged (accepted), refused (quarantine, each with its report) and still
-    uploading (in incoming/ without their _READY marker: left alone)."""
+    uploading (in incoming/ without their _READY marker: left alone). Under each merged or refused drop, its
+    validation findings (FAIL/WARN lines, images held back by the label audit), from its report."""
     from wsss.ops.drops import ACCEPTED, QUARANTINE
 
     target = _drop_area(area)
@@ -264,6 +281,23 @@ def drops_ls(area: Optional[str] = _AREA):
             "uploading": target.uploading()}
     for place, names in rows.items():
         typer.echo(f"{place:10} {len(names):3}  {', '.join(names)}")
+        if place in (ACCEPTED, QUARANTINE):
+            for name in names:
+                for line in _drop_findings(target.report(place, name), findings):
+                    typer.echo(f"{'':16}{name}: {line}")
+
+
+def _drop_findings(summary: dict | None, limit: int) -> list[str]:
+    """A drop report's finding lines (failures first), at most `limit`, then how many more."""
+    if not summary:
+        return []
+    audit = summary.get("label_audit") or {}
+    lines = list(summary.get("verdicts", [])) + list(summary.get("warnings", []))
+    if audit.get("images_flagged") and audit.get("policy") == "quarantine" and summary.get("success"):
+        lines.append(f"{audit['images_flagged']} image(s) held back by the label audit")
+    if not lines:
+        return ["PASSED, no findings"]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more (see its report)"] if len(lines) > limit else [])
 
 
 @drops_app.command("ingest")

@@ -87,6 +87,7 @@ class DataSettings(Section):
     prepared: str = knob("data/prepared", scheduling=True)
     drops: str | None = knob("drops", check=lambda v: v is None or (v and ".." not in v.split("/")),
                              expect="a sub-folder name of data.root, or null")
+    exif: Literal["ignore", "apply"] = knob("ignore")  # EXIF orientation: pixels as stored | as displayed
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,15 @@ class ValidationSettings(Section):
     report_dir: str = knob("reports/validation", scheduling=True)
     max_pixels: int = knob(50_000_000, gt=0)  # decompression bombs claim billions; real photos stay far below
     min_side: int = knob(16, ge=1)
+    near_duplicate: int = knob(32, ge=0, le=256)  # pHash (256 bits) Hamming distance of near-duplicates
+    blank: Literal["refuse", "warn"] = knob("refuse")
+    min_entropy: float = knob(1.0, ge=0, le=8)  # bits of the grey-level histogram; one flat colour has 0
+    label_audit: Literal["off", "warn", "quarantine", "refuse"] = knob("warn")
+    audit_max_share: float = knob(0.1, ge=0, le=1)  # refuse: the most flagged images a drop may carry
+    audit_min_images: int = knob(50, ge=2)  # fewer images than this (drop + dataset): no audit
+    drift_share: float = knob(0.25, gt=0, le=1)
+    drift_size: float = knob(2.0, gt=1)
+    workers: int = knob(4, ge=1, scheduling=True)
 
 
 @dataclass(frozen=True)
@@ -367,6 +377,12 @@ def load_settings(path: str | Path | None = None) -> Settings:
         return parse_settings(raw or {})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def project_settings() -> Settings:
+    """The project's settings when there is a params file (`params_path()`), else the defaults: for the
+    commands that also work outside a project (`wsss validate`, the validate-drop flow)."""
+    return load_settings() if params_path().is_file() else Settings()
 
 
 def parse_settings(raw: Any) -> Settings:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 from wsss.cam.store import cam_path, save_cam, stored_key
-from wsss.data.images import load_rgb
 from wsss import interrupt
 from wsss.data.manifest import Dataset
 from wsss.progress import WarmProgress
@@ -35,13 +34,21 @@ def cam_split(settings: Settings) -> Dataset:
         print(f"cams: no split {', '.join(map(repr, missing))} in the prepared dataset (it has "
               f"{', '.join(sorted(present))}); cams.splits lists it, no CAMs for it", file=sys.stderr)
     keep = ds.table["split"].isin(settings.cams.splits)
-    return Dataset(ds.table[keep].reset_index(drop=True), ds.vocab, ds.root, ds.name)
+    return ds.subset(keep)
 
 
-def input_key(image_path: Path, labels, settings_key: str = "") -> str:
-    digest = hashlib.sha1(image_path.read_bytes())
+def input_key(image_path: Path, labels, settings_key: str = "", exif: str = "ignore") -> str:
+    """The image's bytes, its labels, the settings' fingerprint and, when `exif: apply` turns this image,
+    its orientation: the pixels the CAM was made from (an image without a tag keeps its key either way)."""
+    from wsss.data.images import bytes_orientation
+
+    data = image_path.read_bytes()
+    digest = hashlib.sha1(data)
     digest.update(repr(tuple(int(x) for x in labels)).encode())
     digest.update(settings_key.encode())
+    orientation = bytes_orientation(data) if exif == "apply" else 1
+    if orientation != 1:
+        digest.update(f"exif-orientation={orientation}".encode())
     return digest.hexdigest()
 
 
@@ -59,7 +66,7 @@ def row_status(ds: Dataset, cam_dir: str | Path, settings_key: str = "", shard: 
     """(row, input key, whether its CAM file is current) for each row of this shard, lazily: a caller that
     only asks whether any work is left stops at the first stale row."""
     for _, row in shard_rows(ds.table, shard, shards).iterrows():
-        key = input_key(ds.image_path(row), row["labels"], settings_key)
+        key = input_key(ds.image_path(row), row["labels"], settings_key, ds.exif)
         yield row, key, stored_key(cam_path(cam_dir, row["id"])) == key
 
 
@@ -119,7 +126,7 @@ def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, se
         for group in groups:
             interrupt.check()
             batch = [todo[i] for i in group]
-            images = [load_rgb(ds.image_path(row)) for row, _ in batch]
+            images = [ds.load_rgb(row) for row, _ in batch]
             labels = [list(row["labels"]) for row, _ in batch]
             outs = engine.run_batch(images, [[c - 1 for c in ls] for ls in labels])
             for (row, key), image, ls, out in zip(batch, images, labels, outs):

@@ -19,12 +19,13 @@ def first_existing(root: Path, candidates: list[str], default: str = "") -> str:
     return next((c for c in candidates if existing(root, c)), default)
 
 
-def header_size(root: Path, rel: str) -> tuple[int, int]:
-    """(width, height) from the image header; (0, 0) when unknown (missing/corrupt: validation reports it)."""
+def header_size(root: Path, rel: str, exif: str = "ignore") -> tuple[int, int]:
+    """(width, height) from the image header, as the `exif` policy reads it; (0, 0) when unknown
+    (missing/corrupt: validation reports it)."""
     if not existing(root, rel):
         return 0, 0
     try:
-        return peek_size(root / rel)
+        return peek_size(root / rel, exif=exif)
     except DataError:
         return 0, 0
 

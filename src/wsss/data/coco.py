@@ -36,7 +36,7 @@ def _lookup(labels: dict, stem: str):
 
 
 def read_coco(root: str | Path, classes=None, splits=None, labels_file: str | Path | None = None,
-              name: str | None = None) -> Dataset:
+              name: str | None = None, exif: str = "ignore") -> Dataset:
     """Read a COCO (VOC-style masks) dataset into a manifest.
 
     Labels: `labels_file` (`.npy` one-hot dict as CLIP-ES ships it, or JSON {id: [class ids or names]})
@@ -70,6 +70,6 @@ def read_coco(root: str | Path, classes=None, splits=None, labels_file: str | Pa
                 source = "mask"
             else:
                 ids, unknown, source = (), (), ""
-            rows.append(_rows.row(stem, image, _rows.header_size(root, image), split, ids, mask,
+            rows.append(_rows.row(stem, image, _rows.header_size(root, image, exif), split, ids, mask,
                                   unknown, problems, source))
-    return Dataset(make_table(rows), vocab, root, name or root.name)
+    return Dataset(make_table(rows), vocab, root, name or root.name, exif)

@@ -65,7 +65,8 @@ def _key(image: str) -> str:
 
 
 def read_custom(root: str | Path, labels_file: str | Path | None = None, classes=None, splits=None,
-                images_dir: str | None = None, masks_dir: str | None = None, name: str | None = None) -> Dataset:
+                images_dir: str | None = None, masks_dir: str | None = None, name: str | None = None,
+                exif: str = "ignore") -> Dataset:
     """Read a custom folder into a manifest. `classes` (Vocabulary, class-list file or names) is required
     unless the root has classes.txt/classes.json. `classes` and `labels_file` paths: see
     `find_user_file` (current directory first, then the root). Unknown labels, missing files, unsafe
@@ -100,11 +101,11 @@ def read_custom(root: str | Path, labels_file: str | Path | None = None, classes
         else:
             mask = ""
         ids, unknown = parse_labels(rec.get("labels"), vocab)
-        row = _rows.row(str(rec.get("id") or stem), image, _rows.header_size(root, image), split,
+        row = _rows.row(str(rec.get("id") or stem), image, _rows.header_size(root, image, exif), split,
                         ids, mask, unknown, (), "labels_file")
         row["duplicate_listing"] = (f"listed {len(entries)} times in {path.name} (entries "
                                     f"{', '.join(map(str, entries))})" if len(entries) > 1 else "")
         rows.append(row)
     if not rows:
         raise DataError(f"{path}: no images listed" + (f" in splits {list(splits)}" if splits else ""))
-    return Dataset(make_table(rows), vocab, root, name or root.name)
+    return Dataset(make_table(rows), vocab, root, name or root.name, exif)

@@ -8,6 +8,7 @@ and still plain file names for the CAM and mask stores) and paths relative to th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -40,14 +41,18 @@ def read_with_drops(root: str | Path, drops: str | None, read, splits=None) -> D
     """The base dataset at `root` plus every accepted drop, as one Dataset rooted at `root`.
 
     `read(path, format, classes)` reads one dataset (the caller binds its settings); drops use the base
-    vocabulary and keep only rows of the base `splits` (None: all)."""
+    vocabulary and keep only rows of the base `splits` (None: all), less the images their record holds
+    back (`held_back`: {id: reason}, the label audit's `quarantine` policy)."""
     base = read(root, None, None)
     parts = [base.table]
     for d in drop_dirs(root, drops):
-        ds = read(d, read_record(d).get("format", "auto"), base.vocab)
+        record = read_record(d)
+        ds = read(d, record.get("format", "auto"), base.vocab)
         t = ds.table.copy()
         if splits:
             t = t[t["split"].isin(list(splits))]
+        held_back = set(record.get("held_back", {}))  # quarantined by the label audit: never reach training
+        t = t[~t["id"].isin(held_back)]
         rel = d.relative_to(root).as_posix()
         t["id"] = d.name + ID_SEPARATOR + t["id"]
         t["image"] = rel + "/" + t["image"]
@@ -56,4 +61,4 @@ def read_with_drops(root: str | Path, drops: str | None, read, splits=None) -> D
     if len(parts) == 1:
         return base
     table = pd.concat(parts, ignore_index=True).sort_values(["split", "id"], kind="stable").reset_index(drop=True)
-    return Dataset(table, base.vocab, base.root, base.name)
+    return dataclasses.replace(base, table=table)

@@ -1,6 +1,11 @@
 """Safe image I/O: refuse decompression bombs, decode fully (so corruption shows up here, not mid-training),
 convert any colour mode to RGB without silently mangling it, and read label masks as uint8 indices.
 
+EXIF orientation (`exif`, the `data.exif` setting): `ignore` reads the pixels as stored (what COCO's and
+VOC's annotations refer to); `apply` turns them as a viewer displays them (what a phone photo's mask was
+drawn on). Every reader of image pixels takes the same policy, so a mask, a CAM and a prediction always
+agree with the image they belong to. Masks are never turned: they are drawn on the picture as meant.
+
 Every failure is a `DataError` whose one-line message names the file.
 """
 
@@ -10,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wsss.errors import DataError
 from wsss.settings import ValidationSettings
@@ -20,6 +25,38 @@ DEFAULT_MAX_PIXELS = ValidationSettings().max_pixels  # well above any real phot
 # Alpha is composited on this colour. Black = premultiplied alpha: a fully transparent pixel carries no
 # colour at all, instead of whatever RGB values happen to be stored under it (what a plain convert shows).
 ALPHA_BACKGROUND = (0, 0, 0)
+
+EXIF_POLICIES = ("ignore", "apply")
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored; 5-8 swap width and height
+TRANSPOSED = (5, 6, 7, 8)
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image, 1 when it has none (or an unreadable one)."""
+    try:
+        value = int(img.getexif().get(ORIENTATION_TAG, 1))
+    except (ValueError, TypeError, OSError, SyntaxError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def displayed_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(width, height) as a viewer shows an image of stored `size` with this EXIF orientation."""
+    return (size[1], size[0]) if orientation in TRANSPOSED else tuple(size)
+
+
+def _check_exif(exif: str) -> None:
+    if exif not in EXIF_POLICIES:
+        raise ValueError(f"exif must be one of {EXIF_POLICIES}, got {exif!r}")
+
+
+def orient(img: Image.Image, exif: str) -> Image.Image:
+    """The image as the `exif` policy reads it: unchanged (`ignore`, or no tag), else turned as displayed."""
+    _check_exif(exif)
+    if exif == "ignore" or exif_orientation(img) == 1:
+        return img
+    turned = ImageOps.exif_transpose(img)
+    return img if turned is None else turned
 
 
 class DecompressionBomb(DataError):
@@ -61,14 +98,19 @@ def _reason(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def peek_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
-    """(width, height) from the header only, without decoding the pixels (cheap, for readers)."""
+def peek_size(path: str | Path, max_pixels: int | None = None, exif: str = "ignore") -> tuple[int, int]:
+    """(width, height) from the header only, without decoding the pixels (cheap, for readers); with
+    `exif="apply"` the displayed size."""
+    _check_exif(exif)
     with _open_lazy(path, max_pixels) as img:
-        return img.size
+        return img.size if exif == "ignore" else displayed_size(img.size, exif_orientation(img))
 
 
-def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, what: str = "image") -> Image.Image:
-    """Open and fully decode an image in its original mode; a truncated/corrupt file fails here."""
+def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, what: str = "image",
+               exif: str = "ignore") -> Image.Image:
+    """Open and fully decode an image in its original mode, oriented by the `exif` policy; a
+    truncated/corrupt file fails here."""
+    _check_exif(exif)
     img = _open_lazy(path, max_pixels, what)
     try:
         with warnings.catch_warnings():
@@ -77,7 +119,10 @@ def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, wh
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         img.close()
         raise DataError(f"{path}: cannot decode {what} ({_reason(e)})") from None
-    return img
+    turned = orient(img, exif)
+    if turned is not img:
+        img.close()
+    return turned
 
 
 def _to_8bit(img: Image.Image, path) -> Image.Image:
@@ -115,25 +160,38 @@ def to_rgb(img: Image.Image, path: str | Path = "<image>", background=ALPHA_BACK
         raise DataError(f"{path}: cannot convert image mode {mode} to RGB ({_reason(e)})") from None
 
 
-def load_rgb(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """open_image + to_rgb: what every stage that needs pixels should call."""
-    with open_image(path, max_pixels) as img:
+def load_rgb(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif: str = "ignore") -> Image.Image:
+    """open_image + to_rgb: what every stage that needs pixels should call (with its dataset's `exif`)."""
+    with open_image(path, max_pixels, exif=exif) as img:
         return to_rgb(img, path).copy()
 
 
-def load_rgb_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_rgb_array(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif: str = "ignore") -> np.ndarray:
     """`load_rgb` as a writable, C-contiguous H×W×3 uint8 array (what pydensecrf and numpy code want)."""
-    return np.array(load_rgb(path, max_pixels), dtype=np.uint8)
+    return np.array(load_rgb(path, max_pixels, exif), dtype=np.uint8)
 
 
-def decode_rgb_array(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def bytes_orientation(data: bytes) -> int:
+    """The EXIF orientation of an encoded image held in memory (1 when none or unreadable): cheap, the
+    header only, for keys that must change when `exif: apply` turns an image."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return exif_orientation(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 1
+
+
+def decode_rgb_array(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     exif: str = "ignore") -> np.ndarray:
     """`load_rgb_array` of an encoded image held in memory (a served request), with the same checks; its
     errors name it `name`."""
     import io
 
     buffer = io.BytesIO(data)
     try:
-        return load_rgb_array(buffer, max_pixels)
+        return load_rgb_array(buffer, max_pixels, exif)
     except DataError as e:
         raise type(e)(str(e).replace(str(buffer), name)) from None
 

@@ -7,6 +7,7 @@ space-separated ids) + `classes.json` (the vocabulary) + `dataset.json` (where t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,27 @@ class Dataset:
     vocab: Vocabulary
     root: Path
     name: str = "dataset"
+    exif: str = "ignore"  # how its images' EXIF orientation is read (`data.exif`; wsss.data.images)
 
     def split(self, name: str) -> "Dataset":
         if name not in set(self.table["split"]):
             raise DataError(f"split {name!r} not in dataset {self.name} (has: {sorted(set(self.table['split']))})")
-        return Dataset(self.table[self.table["split"] == name].reset_index(drop=True), self.vocab, self.root, self.name)
+        return self.subset(self.table["split"] == name)
+
+    def subset(self, keep) -> "Dataset":
+        """The rows where `keep` (a boolean mask) holds, same vocabulary, root and EXIF policy."""
+        return dataclasses.replace(self, table=self.table[keep].reset_index(drop=True))
+
+    def load_rgb(self, row):
+        """The row's image as a PIL RGB image, read as every stage reads it (its EXIF policy)."""
+        from wsss.data.images import load_rgb
+
+        return load_rgb(self.image_path(row), exif=self.exif)
+
+    def load_rgb_array(self, row):
+        from wsss.data.images import load_rgb_array
+
+        return load_rgb_array(self.image_path(row), exif=self.exif)
 
     def image_path(self, row) -> Path:
         return self.root / row["image"]
@@ -70,7 +87,8 @@ def write_dataset(ds: Dataset, out_dir: str | Path) -> None:
     ds.vocab.save(out_dir / "classes.json")
     root = Path(os.path.relpath(ds.root.resolve(), out_dir.resolve()))
     write_json(out_dir / "dataset.json", {"name": ds.name, "root": root.as_posix(), "images": len(table),
-                                          "splits": table["split"].value_counts().sort_index().to_dict()})
+                                          "splits": table["split"].value_counts().sort_index().to_dict(),
+                                          "exif": ds.exif})
 
 
 def read_dataset(prepared_dir: str | Path) -> Dataset:
@@ -86,7 +104,7 @@ def read_dataset(prepared_dir: str | Path) -> Dataset:
                         keep_default_na=False)
     table["labels"] = table["labels"].map(lambda s: tuple(int(x) for x in s.split()) if s else ())
     return Dataset(table, Vocabulary.load(prepared_dir / "classes.json"), (prepared_dir / meta["root"]).resolve(),
-                   meta.get("name", "dataset"))
+                   meta.get("name", "dataset"), meta.get("exif", "ignore"))
 
 
 def read_split(prepared: str | Path, split: str, setting: str) -> Dataset:

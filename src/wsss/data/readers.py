@@ -29,17 +29,18 @@ def detect_format(root: str | Path) -> str:
 
 
 def read_dataset_source(root: str | Path, format: str = "auto", classes=None, splits=None,
-                        labels: str | Path | None = None, **kw) -> Dataset:
+                        labels: str | Path | None = None, exif: str = "ignore", **kw) -> Dataset:
     """Read a raw dataset (VOC, COCO with VOC-style masks, or custom folder) into a manifest Dataset.
 
     `classes`: a Vocabulary, a class-list file, or a list of names (each reader has its default);
     `splits`: the splits to read (default: all present); `labels`: a labels file (custom CSV/JSON,
     VOC/COCO `.npy`/`.json` image labels; None = the reader's default); `**kw` goes to the reader
     (`images_dir`, `masks_dir`, `name`). Each reader looks a relative `classes` or `labels` path up in the
-    current directory first, then in the dataset root (`wsss.data.labels.find_user_file`)."""
+    current directory first, then in the dataset root (`wsss.data.labels.find_user_file`). `exif`: how EXIF
+    orientation tags are read (`data.exif`, `wsss.data.images`): the manifest's sizes follow it."""
     fmt = detect_format(root) if format == "auto" else format
     if fmt not in READERS:
         raise DataError(f"unknown dataset format {format!r} (use auto, {', '.join(READERS)})")
     if labels is not None:
         kw["labels_file"] = labels
-    return READERS[fmt](root, classes=classes, splits=list(splits) if splits else None, **kw)
+    return READERS[fmt](root, classes=classes, splits=list(splits) if splits else None, exif=exif, **kw)

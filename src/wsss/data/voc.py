@@ -84,7 +84,7 @@ def _ids_by_split(root: Path, splits) -> tuple[dict[str, str], dict[str, list[st
 
 
 def read_voc(root: str | Path, classes=None, splits=None, labels_file: str | Path | None = None,
-             name: str | None = None) -> Dataset:
+             name: str | None = None, exif: str = "ignore") -> Dataset:
     """Read a VOC-layout dataset into a manifest (see the module docstring for layout and split rules).
 
     Labels: `labels_file` (e.g. CLIP-ES `cls_labels_onehot.npy`) when given and listing the image, else the
@@ -118,8 +118,9 @@ def read_voc(root: str | Path, classes=None, splits=None, labels_file: str | Pat
             source = "mask"
         else:
             ids, unknown = (), ()
-        rows.append(_rows.row(id_, image, size or _rows.header_size(root, image), split, ids, mask,
+        size = size if exif == "ignore" else None  # the XML states the stored size
+        rows.append(_rows.row(id_, image, size or _rows.header_size(root, image, exif), split, ids, mask,
                               unknown, problems, source))
     table = make_table(rows)
     table["duplicate_listing"] = table["id"].map(lambda i: "; ".join(repeats.get(i, ())))  # validation fails it
-    return Dataset(table, vocab, root, name or root.name)
+    return Dataset(table, vocab, root, name or root.name, exif)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -86,9 +87,10 @@ def mask_for_image(image_path: str | Path | None, cam_file: str | Path, params: 
 
 def _export_one(task: tuple) -> float:
     """Worker: one image → one PNG. Returns the seconds it took."""
-    image_path, cam_file, out_path, params, key = task
+    image_path, cam_file, out_path, params, key, exif = task
     start = time.perf_counter()
-    save_palette_png(out_path, mask_for_image(image_path, cam_file, params), key=key)
+    loader = partial(load_rgb_array, exif=exif)
+    save_palette_png(out_path, mask_for_image(image_path, cam_file, params, loader), key=key)
     return time.perf_counter() - start
 
 
@@ -110,7 +112,7 @@ def stale_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, pa
         cam_file = cam_path(cam_dir, row["id"])
         key = mask_key(params, stored_key(cam_file))
         if stored_png_key(out_path) != key:
-            yield str(dataset.image_path(row)), str(cam_file), str(out_path), params, key
+            yield str(dataset.image_path(row)), str(cam_file), str(out_path), params, key, dataset.exif
 
 
 def export_masks(dataset: "Dataset", cam_dir: str | Path, out_dir: str | Path, params: MaskParams | None = None, *,

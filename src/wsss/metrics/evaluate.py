@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -76,7 +77,7 @@ def _gt_rows(dataset: "Dataset", split: str | None) -> "Dataset":
     from wsss.data.manifest import Dataset
 
     ds = dataset.split(split) if split else dataset
-    ds = Dataset(ds.table[ds.table["mask"] != ""].reset_index(drop=True), ds.vocab, ds.root, ds.name)
+    ds = ds.subset(ds.table["mask"] != "")
     if len(ds) == 0:
         raise DataError(f"dataset {dataset.name}: split {split!r} has no ground-truth masks to evaluate against")
     return ds
@@ -216,7 +217,8 @@ def ablation(dataset: "Dataset", cam_dir: str | Path, image_loader: Callable[[Pa
     for _, r in ds.table.iterrows():
         specs = [(str(cam_path(row.cam_dir or cam_dir, r["id"])), row.params,
                   None if row.mask_dir is None else str(Path(row.mask_dir) / f"{r['id']}.png")) for row in rows]
-        tasks.append((str(ds.image_path(r)), str(ds.mask_path(r)), specs, n, image_loader or load_rgb_array))
+        tasks.append((str(ds.image_path(r)), str(ds.mask_path(r)), specs, n,
+                      image_loader or partial(load_rgb_array, exif=ds.exif)))
     per_image = run_pool(_ablation_image, tasks, workers=workers, desc="ablation", progress=progress)
     table_rows = []
     for j, row in enumerate(rows):

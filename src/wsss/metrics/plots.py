@@ -162,7 +162,7 @@ def example_rows(dataset: "Dataset", cam_dir: str | Path, mask_dir: str | Path, 
     from wsss.cam.store import cam_path, load_cam
     from wsss.data.images import load_rgb_array
 
-    loader = image_loader or load_rgb_array
+    loader = image_loader or (lambda path: load_rgb_array(path, exif=dataset.exif))
     table = dataset.table
     if ids is None:
         order = table.assign(_has=table["mask"] != "").sort_values("_has", ascending=False, kind="stable")

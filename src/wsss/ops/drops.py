@@ -1,7 +1,7 @@
 """Where dataset drops arrive: an S3 prefix or a local folder, laid out as
 
     incoming/<drop>/...      new drops (images + labels, masks optional; VOC, COCO or custom)
-    accepted/<drop>/...      merged into the dataset (kept as they arrived)
+    accepted/<drop>/...      merged into the dataset (kept as they arrived), beside accepted/<drop>.report/
     quarantine/<drop>/...    refused by validation, beside quarantine/<drop>.report/ (summary + Data Docs)
 
 A drop is taken only when complete: its uploader writes `incoming/<drop>/_READY` (any content) after its
@@ -137,8 +137,23 @@ class LocalDropArea:
             shutil.copytree(report, tmp, dirs_exist_ok=True)
         return self._move(snap, QUARANTINE)
 
-    def accept(self, snap: Snapshot) -> str:
+    def accept(self, snap: Snapshot, report: Path | None = None) -> str:
+        """Archive a merged drop to accepted/, its validation report (findings, Data Docs) beside it."""
+        if report is not None and report.is_dir():
+            with _os_errors(f"writing {self.path / ACCEPTED}"), \
+                    atomic_dir(self.path / ACCEPTED / f"{snap.name}{REPORT_SUFFIX}") as tmp:
+                shutil.copytree(report, tmp, dirs_exist_ok=True)
         return self._move(snap, ACCEPTED)
+
+    def report(self, place: str, name: str) -> dict | None:
+        """The summary of a drop's validation report at `place` (accepted/ or quarantine/), None if none."""
+        import json
+
+        path = self.path / place / f"{name}{REPORT_SUFFIX}" / "summary.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     def deliver(self, folder: Path, name: str) -> int:
         """Put a drop into incoming/ (whole or not at all), its marker last; never over a waiting drop of
@@ -227,8 +242,24 @@ class S3DropArea:
         s3lib.upload_dir(self.s3, report, self.uri.join(QUARANTINE, f"{snap.name}{REPORT_SUFFIX}"), self.attempts)
         return self._move(snap, QUARANTINE)
 
-    def accept(self, snap: Snapshot) -> str:
+    def accept(self, snap: Snapshot, report: Path | None = None) -> str:
+        """Archive a merged drop to accepted/, its validation report (findings, Data Docs) beside it."""
+        if report is not None and report.is_dir():
+            s3lib.upload_dir(self.s3, report, self.uri.join(ACCEPTED, f"{snap.name}{REPORT_SUFFIX}"), self.attempts)
         return self._move(snap, ACCEPTED)
+
+    def report(self, place: str, name: str) -> dict | None:
+        """The summary of a drop's validation report at `place` (accepted/ or quarantine/), None if none."""
+        import json
+
+        key = self._key(place, f"{name}{REPORT_SUFFIX}", "summary.json")
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body = self.s3.get_object(Bucket=self.uri.bucket, Key=key)["Body"].read()
+            return json.loads(body)
+        except (BotoCoreError, ClientError, ValueError):  # absent or unreadable: listed without findings
+            return None
 
     def deliver(self, folder: Path, name: str) -> int:
         """Upload a drop into incoming/, its marker last (a run meanwhile sees it uploading and leaves it

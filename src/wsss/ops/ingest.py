@@ -6,7 +6,10 @@ Safety, in order of the steps:
 - a drop is listed once (`Snapshot`) and fetched whole into a staging folder or not at all (S3 transfers
   retried file by file);
 - validation reads only the staged copy and writes only `reports/drops/<drop>/`: a refused drop never
-  touches the dataset; images the dataset (or an earlier drop of this run) already has are refused;
+  touches the dataset; images the dataset (or an earlier drop of this run) already has are refused, and so
+  are near-copies of its held-out images (the content store `prepare` wrote, plus the hashes of drops merged
+  since); the CLIP label audit's policy (`validation.label_audit`) warns, holds the flagged images back
+  (`quarantine`: recorded in `drop.json`, never read into the manifest; the rest merges) or refuses the drop;
 - a good drop is renamed into `<data.root>/<data.drops>/<drop>/` (complete or absent), then one
   `dvc add <data.root>` versions every drop merged in this run. Any failure or interrupt before that
   version exists takes this run's merges back out and restores the `.dvc` file: the dataset is as it was;
@@ -26,7 +29,7 @@ from typing import Callable
 
 import pandas as pd
 
-from wsss.data.drops import RECORD, drop_dirs, read_record
+from wsss.data.drops import ID_SEPARATOR, RECORD, drop_dirs, read_record
 from wsss.errors import WsssError
 from wsss.io import atomic_dir, write_json
 from wsss.ops import commands
@@ -43,6 +46,7 @@ class Outcome:
     status: str  # merged | already merged | already processed | quarantined | error
     detail: str
     images: int = 0
+    report: str = ""  # the drop's validation report folder (summary.json, images.csv, Data Docs)
 
     def line(self) -> str:
         return f"drop {self.drop}: {self.status}" + (f" ({self.detail})" if self.detail else "")
@@ -79,12 +83,26 @@ class TrackedDataset:
             return read_dataset_source(self.root, format=data.format, classes=data.classes, splits=data.splits,
                                        labels=data.labels).vocab
 
-    def known_content(self, merged: dict[str, dict]) -> set[str]:
-        """SHA-256 of the images the dataset has: the last `prepare` validation table, plus every merged
-        drop's (recorded at merge time, so a drop merged since the last `prepare` counts too)."""
+    def known_content(self, merged: dict[str, dict], store=None) -> set[str]:
+        """SHA-256 of the images the dataset has: the last `prepare` validation table and content store,
+        plus every merged drop's (recorded at merge time, so a drop merged since the last `prepare` counts too)."""
         table = self.project / self.settings.validation.report_dir / "images.csv"
         known = set(pd.read_csv(table, usecols=["sha256"], dtype=str)["sha256"].dropna()) if table.is_file() else set()
+        if store is not None:
+            known |= {str(s) for s in store.sha256 if s}
         return known.union(*(set(r.get("sha256", [])) for r in merged.values()))
+
+    def content(self, merged: dict[str, dict], vocab):
+        """What a drop is compared with: the content store of the last `prepare` (hashes, labels, CLIP
+        scores) with the hashes of the drops merged since (their records)."""
+        from dataclasses import replace
+
+        from wsss.validation.store import empty_store, find_store, recorded_reference
+
+        store = find_store(self.project / self.settings.data.prepared) or empty_store(vocab.names)
+        listed = set(store.ids.astype(str))
+        records = [r for r in merged.values() if not set((r.get("content") or {}).get("ids", [])) <= listed]
+        return replace(store, extra=recorded_reference(records))
 
     def merge(self, name: str, staged: Path, record: dict) -> Path:
         """Rename a validated drop into the dataset (whole or not at all)."""
@@ -146,14 +164,16 @@ def ingest(area, settings: Settings, project: Path, log: Callable[[str], None] =
         return []
     dataset = TrackedDataset(settings, project)  # checked only when there is something to merge
     merged = dataset.merged()
-    vocab, known = dataset.vocabulary(), dataset.known_content(merged)
+    vocab = dataset.vocabulary()
+    store = dataset.content(merged, vocab)
+    known = dataset.known_content(merged, store)
     outcomes, snaps = [], {}
     before = dataset.dvc_file.read_bytes()
     try:
         for name in names:
             try:
                 snaps[name] = area.snapshot(name)
-                outcome = _one(area, snaps[name], dataset, merged, vocab, known, settings, project, log)
+                outcome = _one(area, snaps[name], dataset, merged, vocab, known, store, settings, project, log)
             except WsssError as e:  # S3 or file trouble: the drop stays in incoming/ for the next run
                 outcome = Outcome(name, "error", f"{e}; left in incoming/, retried next run")
             outcomes.append(outcome)
@@ -174,7 +194,8 @@ def ingest(area, settings: Settings, project: Path, log: Callable[[str], None] =
     return outcomes
 
 
-def _one(area, snap: Snapshot, dataset: TrackedDataset, merged, vocab, known: set, settings, project, log) -> Outcome:
+def _one(area, snap: Snapshot, dataset: TrackedDataset, merged, vocab, known: set, store, settings, project,
+         log) -> Outcome:
     name = snap.name
     for place in (ACCEPTED, QUARANTINE):  # a move cut short: its copy is complete, finish it
         if area.moved_to(snap, place):
@@ -188,31 +209,64 @@ def _one(area, snap: Snapshot, dataset: TrackedDataset, merged, vocab, known: se
     try:
         files = area.fetch(snap, staged)
         log(f"drop {name}: fetched {files} file(s) from {area}")
-        summary, table, report = _validate(staged, name, vocab, known, settings, project, f"{area}/incoming/{name}")
+        summary, table, report = _validate(staged, name, vocab, known, store, settings, project,
+                                           f"{area}/incoming/{name}")
+        held_back = _held_back(summary, settings)
+        if summary["success"] and table is not None and len(held_back) >= len(table):
+            summary = {**summary, "success": False, "verdicts": summary["verdicts"] + [
+                f"FAIL every image flagged by the label audit ({len(held_back)}): nothing left to merge"]}
+            write_json(report / "summary.json", summary)
         if not summary["success"]:
             where = area.quarantine(snap, report)
             return Outcome(name, "quarantined", f"{len(summary['verdicts'])} failed check(s): "
-                           f"{'; '.join(summary['verdicts'])}; moved to {where} with its report")
+                           f"{'; '.join(summary['verdicts'])}; moved to {where} with its report",
+                           report=str(report))
         hashes = sorted(table["sha256"].dropna())
         known.update(hashes)  # a later drop of this run repeating these images is refused
+        from wsss.validation.store import record_content
+
         record = {"name": name, "source": str(area), "fingerprint": snap.fingerprint, "format": settings.ops.drop_format,
-                  "images": summary["images"], "sha256": hashes,
+                  "images": summary["images"], "sha256": hashes, "held_back": held_back,
+                  "content": record_content(table, name + ID_SEPARATOR),
+                  "warnings": len(summary.get("warnings", [])),
                   "merged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         dataset.merge(name, staged, record)
-        return Outcome(name, "merged", f"{summary['images']} images", summary["images"])
+        _add_to_reference(store, record["content"])  # a later drop of this run is compared with it too
+        detail = f"{summary['images'] - len(held_back)} images"
+        if held_back:
+            detail += f", {len(held_back)} held back by the label audit ({', '.join(list(held_back)[:5])})"
+        if summary.get("warnings"):
+            detail += f", {len(summary['warnings'])} warning(s): {'; '.join(summary['warnings'])}"
+        return Outcome(name, "merged", detail, summary["images"] - len(held_back), report=str(report))
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def _validate(staged: Path, name: str, vocab, known, settings: Settings, project: Path, source: str):
+def _held_back(summary: dict, settings: Settings) -> dict[str, str]:
+    """{image id: the audit's findings} for the `quarantine` policy (else none held back)."""
+    if settings.validation.label_audit != "quarantine":
+        return {}
+    out: dict[str, str] = {}
+    for f in summary.get("label_audit", {}).get("flagged", []):
+        out[f["id"]] = "; ".join(filter(None, [out.get(f["id"]), f"{f['kind']} {f['label']} (p {f['score']})"]))
+    return out
+
+
+def _add_to_reference(store, content: dict) -> None:
+    from wsss.validation.store import join_references, recorded_reference
+
+    if store is not None and content.get("ids"):
+        store.extra = join_references(store.extra, recorded_reference([{"content": content}]))
+
+
+def _validate(staged: Path, name: str, vocab, known, store, settings: Settings, project: Path, source: str):
     """(summary, image table or None, report folder); a drop that cannot even be read fails with that line."""
     from wsss.validation import validate_drop
 
     report = project / DROPS_REPORT_ROOT / name
-    rules = settings.validation
     try:
         result = validate_drop(staged, format=settings.ops.drop_format, classes=vocab, report_dir=report,
-                               max_pixels=rules.max_pixels, min_side=rules.min_side, known_content=known)
+                               known_content=known, settings=settings, reference=store)
     except WsssError as e:
         reason = str(e).replace(str(staged), source)  # name the drop where its owner sees it, not our staging copy
         summary = {"dataset": name, "success": False, "images": 0, "verdicts": [f"FAIL drop is readable: {reason}"]}
@@ -230,6 +284,41 @@ def _publish_and_archive(area, dataset: TrackedDataset, fresh: list[Outcome], sn
                 o.detail += f"; warning: {warning}"
     for o in fresh:
         try:
-            o.detail += f"; archived to {area.accept(snaps[o.drop])}"
+            o.detail += f"; archived to {area.accept(snaps[o.drop], Path(o.report) if o.report else None)}"
         except WsssError as e:
             o.detail += f"; merged, but archiving failed ({e}): the next run archives it"
+
+
+def read_summary(outcome: Outcome) -> dict | None:
+    """The validation summary behind an outcome (its report's summary.json), None when there is none."""
+    import json
+
+    path = Path(outcome.report) / "summary.json" if outcome.report else None
+    try:
+        return json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+
+
+def findings_markdown(outcomes: list[Outcome]) -> str:
+    """The drops of one ingest and every finding of their validation, as Markdown (a Prefect artifact)."""
+    if not outcomes:
+        return "No new drops."
+    out = ["| drop | status | images | failures | warnings | held back |", "|---|---|---|---|---|---|"]
+    details = []
+    for o in outcomes:
+        s = read_summary(o) or {}
+        audit = s.get("label_audit") or {}
+        held = audit.get("images_flagged", 0) if audit.get("policy") == "quarantine" and s.get("success") else 0
+        out.append(f"| {o.drop} | {o.status} | {o.images} | {len(s.get('verdicts', []))} | "
+                   f"{len(s.get('warnings', []))} | {held} |")
+        lines = list(s.get("verdicts", [])) + list(s.get("warnings", []))
+        if lines:
+            details += [f"\n**{o.drop}** ({s.get('data_docs', 'no report')})\n"] + [f"- {ln}" for ln in lines]
+        flagged = audit.get("flagged") or []
+        if flagged:
+            details += ["", f"Label audit of {o.drop} ({audit.get('policy')}):", "",
+                        "| image | label | kind | CLIP p | suggested |", "|---|---|---|---|---|"]
+            details += [f"| {f['id']} | {f['label']} | {f['kind']} | {f['score']:.2f} | {f['suggestion'] or ''} |"
+                        for f in flagged[:200]]
+    return "\n".join(out + details)

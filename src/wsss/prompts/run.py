@@ -41,7 +41,7 @@ def feature_key(settings: Settings, ds) -> str:
         key = stored_key(path)
         if key is None:
             raise DataError(f"{path}: teacher CAM missing or unreadable (run `dvc repro teacher` first)")
-        if key != input_key(ds.image_path(row), row["labels"], teacher_key):
+        if key != input_key(ds.image_path(row), row["labels"], teacher_key, ds.exif):
             raise DataError(f"{path}: teacher CAM is stale (its image, labels or settings changed; run "
                             "`dvc repro teacher` first)")
         keys.append((row["id"], key))

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from wsss import interrupt
 from wsss.amp import autocast
 from wsss.cam.store import cam_path, load_cam
-from wsss.data.images import load_rgb
 from wsss.io import atomic_path, load_keyed
 from wsss.progress import WarmProgress
 from wsss.prompts.learner import PromptLearner
@@ -141,7 +140,7 @@ def crop_features(ds, teacher_dir: str | Path, model, cfg: PromptsSettings, key:
     with WarmProgress(len(ds), label, disable=not progress) as bar:
         for i, (_, row) in enumerate(ds.table.iterrows()):
             interrupt.check()
-            x = preprocess(load_rgb(ds.image_path(row)), patch_size, mean, std)
+            x = preprocess(ds.load_rgb(row), patch_size, mean, std)
             record = load_cam(cam_path(teacher_dir, row["id"]))
             if len(record.labels):
                 maps = torch.stack([torch.from_numpy(teacher_mask(record, j, cfg.source, cfg.mask_threshold))

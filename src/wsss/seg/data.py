@@ -48,7 +48,7 @@ class SegmentationPairs(TorchDataset):
     def __getitem__(self, i: int):
         row = self.rows[i]
         image_path, mask_path = self.ds.root / row.image, self.mask_path(i)
-        image, mask = load_rgb_array(image_path), load_mask(mask_path)
+        image, mask = load_rgb_array(image_path, exif=self.ds.exif), load_mask(mask_path)
         check_pair(image, mask, image_path, mask_path)
         x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         y = torch.from_numpy(mask.astype(np.int64))

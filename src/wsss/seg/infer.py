@@ -104,7 +104,7 @@ def evaluate_segmenter(model, info: dict, ds, scales: Sequence[float] = (1.0,), 
     rows = ds.table[ds.table["mask"] != ""]
     for _, row in tqdm(rows.iterrows(), total=len(rows), desc="evaluate", unit="img", disable=not progress):
         image_path, gt_path = ds.image_path(row), ds.mask_path(row)
-        image, gt = load_rgb_array(image_path), load_mask(gt_path)
+        image, gt = load_rgb_array(image_path, exif=ds.exif), load_mask(gt_path)
         check_pair(image, gt, image_path, gt_path)
         pred = predict_labels(model, image, info, scales, flip)
         _score(cm, pred, gt, image_path, gt_path)

@@ -80,9 +80,10 @@ def predict_files(model, info: dict, files: Sequence[Path], out_dir: str | Path,
         dup = next(s for s in stems if stems.count(s) > 1)
         raise DataError(f"two input images are named {dup}: their predictions would overwrite each other")
     written, refused = [], []
+    exif = (info.get("meta") or {}).get("exif", "ignore")  # read as the training images were
     for f in tqdm(files, desc="predict", unit="img", disable=not progress):
         try:
-            image = load_rgb_array(f)
+            image = load_rgb_array(f, exif=exif)
         except DataError as e:
             refused.append(str(e))
             continue

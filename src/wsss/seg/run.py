@@ -28,6 +28,15 @@ def label_dir(settings: Settings) -> str | None:
     return settings.masks.out if settings.train.target == "pseudo" else None
 
 
+def _turned(ds, image: str) -> str:
+    """"" for an image read as stored, else its EXIF orientation (`exif: apply` turns it): the training
+    pixels changed, so must the key (a pseudo mask's key already holds its CAM's, which holds this)."""
+    from wsss.data.images import bytes_orientation
+
+    orientation = bytes_orientation((ds.root / image).read_bytes()) if ds.exif == "apply" else 1
+    return "" if orientation == 1 else f":exif{orientation}"
+
+
 def segmenter_key(settings: Settings, ds) -> str:
     """Every training setting plus each image's label map identity (a pseudo mask's own key, or the
     ground-truth file's content hash) and the initial weights' content."""
@@ -44,7 +53,7 @@ def segmenter_key(settings: Settings, ds) -> str:
                 raise DataError(f"{Path(masks) / f'{row.id}.png'}: pseudo mask missing or unreadable "
                                 "(run `dvc repro masks` first)")
         else:
-            key = hashlib.sha1((ds.root / row.mask).read_bytes()).hexdigest()
+            key = hashlib.sha1((ds.root / row.mask).read_bytes()).hexdigest() + _turned(ds, row.image)
         labels.append((row.id, key))
     cfg = settings.train
     weights = cfg.weights or (settings.clip.pretrained if cfg.arch == "clip" else None)
@@ -118,7 +127,7 @@ def train_from_settings(settings: Settings, on_log: Callable | None = None, on_c
     stats = train_segmenter(model, pairs, cfg, cfg.out, key, on_log, on_checkpoint, progress, refine)
     if World.from_env().main:
         save_segmenter(Path(cfg.out) / SEGMENTER_FILE, model, cfg.arch, cfg.width, list(ds.vocab.names),
-                       {"key": key, "iterations": stats["iterations"], "target": cfg.target},
+                       {"key": key, "iterations": stats["iterations"], "target": cfg.target, "exif": ds.exif},
                        settings.clip.model if cfg.arch == "clip" else None, cfg.head, cfg.decoder_stride)
         write_json(Path(cfg.out) / KEY_FILE, {"key": key, "target": cfg.target, "classes": list(ds.vocab.names)})
     return {**stats, "images": len(ds)}
