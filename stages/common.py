@@ -16,9 +16,11 @@ retried. Stage modules import their heavy dependencies inside the body, so step 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -41,24 +43,31 @@ class Stage:
     has_work: Callable[[Settings], bool] | None = None  # False: every output is current, nothing to do
     view: Callable[[Settings], Settings] | None = None  # the settings this stage runs with (teacher: cams on words)
 
-    def flow(self, settings: Settings):
-        """The Prefect flow running the body inside the stage's MLflow run."""
+    def flow(self, settings: Settings, outcome: dict | None = None):
+        """The Prefect flow running the body inside the stage's MLflow run. `outcome` receives what the
+        body did (`done`, `failed`: its message, `api_lost`), which holds even when the flow's own end
+        could not be reported (its Prefect API gone)."""
         from prefect import flow
         from prefect.states import Failed
 
         from wsss.tracking import start_stage_run
 
+        outcome = {} if outcome is None else outcome
+
         def run_stage(settings: Settings) -> Any:
             try:
                 timings.mark("flow_start")
-                with start_stage_run(self.name, settings.sections(self.sections),
-                                     experiment=settings.tracking.experiment, uri=settings.tracking.uri) as run:
+                _remember_flow_run(outcome)
+                with start_stage_run(self.name, settings.sections(self.sections), tracking=settings.tracking) as run:
                     timings.mark("mlflow_start")
                     try:
-                        return self.body(settings, run)
+                        result = self._run_body(settings, run, outcome)
+                        outcome["done"] = True
+                        return result
                     finally:
                         timings.mark("work")
             except WsssError as e:
+                outcome["failed"] = str(e)
                 return Failed(message=str(e))
             except BaseException as e:  # Prefect turns SIGTERM into its own TerminationSignal: stop the workers too
                 if is_interrupt(e):
@@ -66,11 +75,100 @@ class Stage:
                 raise
 
         run_stage.__name__ = run_stage.__qualname__ = f"{self.name}_stage"
+        run_stage.outcome = outcome
         run_stage.__doc__ = self.body.__doc__
         stage_flow = flow(name=self.name, log_prints=True, validate_parameters=False)(run_stage)
         if self.task_runner is not None:
             stage_flow = stage_flow.with_options(task_runner=self.task_runner(settings))
         return stage_flow
+
+
+    def _run_body(self, settings: Settings, run, outcome: dict) -> Any:
+        """The body; when its Prefect API stops answering mid-run (a task could not report its state), the
+        body runs again without Prefect in the same MLflow run: it resumes from the outputs already
+        written (per-image outputs are skipped when current), so nothing computed is lost."""
+        try:
+            return self.body(settings, run)
+        except Exception as e:
+            if isinstance(e, WsssError) or not prefect_api_lost():
+                raise
+            outcome["api_lost"] = True
+            print(f"warning: the Prefect API {_api_url()} stopped answering: {self.name} goes on without it "
+                  "(its flow run is ended once the API is back)", file=sys.stderr, flush=True)
+            with _without_prefect():
+                return self.body(settings, run)
+
+
+_OFFLINE = threading.local()  # set while a body runs without its Prefect API
+
+
+@contextlib.contextmanager
+def _without_prefect():
+    _OFFLINE.on = True
+    try:
+        yield
+    finally:
+        _OFFLINE.on = False
+
+
+def offline() -> bool:
+    """Is this body running without Prefect (its API was lost)? Then tasks are plain calls."""
+    return getattr(_OFFLINE, "on", False)
+
+
+def _api_url() -> str:
+    import os
+
+    return os.environ.get("PREFECT_API_URL", "")
+
+
+def prefect_api_lost() -> bool:
+    """Does the stage's Prefect API no longer answer (`/health`, 3 s)?"""
+    from wsss.prefect_env import api_answers
+
+    return bool(_api_url()) and not api_answers(_api_url())
+
+
+def map_shards(fn: Callable, shards: int, *args, name: str, retries: int = 1) -> list:
+    """`fn(*args, shard)` for shard in 0..shards-1: Prefect tasks mapped over the flow's task runner (each
+    a task run in the UI, retried `retries` times on anything but a user error); without Prefect (its
+    API lost) plain threads, one per shard. Returns the results in shard order."""
+    if offline():
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, shards)) as pool:
+            return list(pool.map(lambda k: fn(*args, k), range(shards)))
+    from prefect import task, unmapped
+
+    shard_task = task(fn, name=name, retries=retries, retry_condition_fn=no_retry_on_user_error)
+    futures = shard_task.map(*[unmapped(a) for a in args], range(shards))
+    return [f.result() for f in futures]
+
+
+def run_task(fn: Callable, *args, name: str, **kwargs) -> Any:
+    """`fn(*args, **kwargs)` as a Prefect task (a step in the UI); a plain call without Prefect."""
+    if offline():
+        return fn(*args, **kwargs)
+    from prefect import task
+
+    return task(fn, name=name)(*args, **kwargs)
+
+
+def _remember_flow_run(outcome: dict) -> None:
+    """Record this flow run on disk when its API outlives the stage (`wsss.prefect_runs.remember`)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    outcome["flow_run"] = str(context.flow_run.id)
+    if _EXTERNAL_API.get("url"):
+        from wsss.prefect_runs import remember
+
+        remember(outcome["flow_run"], _EXTERNAL_API["url"])
+
+
+_EXTERNAL_API: dict[str, str] = {}  # {"url": ...} while the stage's Prefect API is a server that outlives it
 
 
 def stage(name: str, sections: list[str], task_runner: Callable | None = None, imports: tuple[str, ...] = (),
@@ -102,9 +200,11 @@ def main(stage: Stage) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     timings.mark("settings")
+    outcome: dict = {}
     try:
         with timings.recorded(stage.name), handle_signals():
             if stage.has_work is not None and not stage.has_work(settings):
+                _settle_orphans(stage)
                 print(f"{stage.name}: nothing to do, every output is current")
                 return
             timings.mark("pending")
@@ -115,7 +215,9 @@ def main(stage: Stage) -> None:
                 timings.mark("imports")
                 wait_until_ready(*api)
                 timings.mark("prefect_api")
-                state = run_flow(stage, settings)
+                if api[1] is None:
+                    _EXTERNAL_API["url"] = api[0]
+                state = run_flow(stage, settings, outcome)
                 timings.mark("flow_end")
     except WsssError as e:  # found before the flow (e.g. by `has_work`): one line, like any user error
         print(f"error: {e}", file=sys.stderr)
@@ -125,23 +227,71 @@ def main(stage: Stage) -> None:
             raise
         request_stop(getattr(e, "signal", signal.SIGINT))
         print(f"interrupted: {stage.name} stopped; finished outputs are kept, a rerun resumes", file=sys.stderr)
-        raise SystemExit(exit_code())
+        _exit(exit_code(), outcome)
+    if state is None:  # the work is done (or failed) but its Prefect API is gone: say which, exit at once
+        if outcome.get("done"):
+            print(f"{stage.name}: done; its flow run is ended once the Prefect API answers again", file=sys.stderr)
+            _exit(0, outcome)
+        print(f"error: {stage.name} failed: {outcome.get('failed', 'its Prefect API stopped answering')}",
+              file=sys.stderr)
+        _exit(1, outcome)
     if state.is_failed() or state.is_crashed():
         print(f"error: {stage.name} failed: {state.message}", file=sys.stderr)
         raise SystemExit(1)
 
 
-def run_flow(stage: Stage, settings: Settings):
+def _settle_orphans(stage: Stage) -> None:
+    """End the recorded flow runs of this host's stages killed outright (`wsss.prefect_runs`): a
+    directory listing when there are none, so a stage with nothing to do stays quick."""
+    from wsss.prefect_runs import settle_recorded_runs
+
+    for run_id in settle_recorded_runs():
+        print(f"{stage.name}: flow run {run_id} ended (its stage process was gone)", file=sys.stderr)
+
+
+def _exit(code: int, outcome: dict) -> None:
+    """Exit with `code`; once the Prefect API is lost, without waiting for Prefect's log and event workers
+    (at exit they retry the dead server for minutes): our own outputs and MLflow run are complete."""
+    if not outcome.get("api_lost"):
+        raise SystemExit(code)
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_flow(stage: Stage, settings: Settings, outcome: dict | None = None):
     """The stage's flow run (its final state), tagged with this process as its owner, after the unfinished
-    flow runs of this host's stage processes that are gone are marked CRASHED (`wsss.prefect_runs`)."""
+    flow runs of this host's stage processes that are gone are ended (`wsss.prefect_runs`). None when the
+    flow's end could not be reported because its Prefect API stopped answering (`outcome` says what the
+    body did; the flow run's record keeps it for the next stage to report)."""
     from prefect import tags
 
-    from wsss.prefect_runs import mark_crashed_runs, owner_tags
+    from wsss.prefect_runs import forget, mark_crashed_runs, outcome as record_outcome, owner_tags
 
+    outcome = {} if outcome is None else outcome
+    _settle_orphans(stage)
     for run_id in mark_crashed_runs():
         print(f"{stage.name}: flow run {run_id} marked CRASHED (its stage process was gone)", file=sys.stderr)
-    with tags(*owner_tags()):
-        return stage.flow(settings)(settings, return_state=True)
+    try:
+        with tags(*owner_tags()):
+            state = stage.flow(settings, outcome)(settings, return_state=True)
+    except Exception:
+        if not outcome or not prefect_api_lost():
+            raise
+        outcome["api_lost"] = True
+        if outcome.get("flow_run"):
+            done = outcome.get("done")
+            record_outcome(outcome["flow_run"], "COMPLETED" if done else "FAILED",
+                           LOST_API_MESSAGE + ("" if done else f": {outcome.get('failed', 'it failed')}"))
+        return None
+    if outcome.get("flow_run"):
+        forget(outcome["flow_run"])  # its end is reported
+    return state
+
+
+LOST_API_MESSAGE = "the Prefect API stopped answering during the stage, which finished without it"
 
 
 def run_worker(work: Callable[[Settings], Any]) -> None:
@@ -168,9 +318,14 @@ def preload(stage: Stage, settings: Settings) -> None:
     """Import Prefect, MLflow (and open its store) and the stage's heavy modules."""
     import prefect  # noqa: F401
 
-    from wsss.tracking.runs import open_store
+    from wsss.tracking.runs import TrackingUnreachable, open_store
 
-    open_store(settings.tracking.uri)
+    try:
+        open_store(settings.tracking.uri, settings.tracking)
+    except TrackingUnreachable:
+        if settings.tracking.on_outage == "fail":
+            raise
+        # buffer: the stage's run starts in the local buffer (wsss.tracking), with one warning line
     for module in stage.imports:
         importlib.import_module(module)
 
