@@ -93,8 +93,9 @@ class Stage:
             if isinstance(e, WsssError) or not prefect_api_lost():
                 raise
             outcome["api_lost"] = True
-            print(f"warning: the Prefect API {_api_url()} stopped answering: {self.name} goes on without it "
-                  "(its flow run is ended once the API is back)", file=sys.stderr, flush=True)
+            sys.stderr.write(f"warning: the Prefect API {_api_url()} stopped answering: {self.name} goes on without "
+                             "it (its flow run is ended once the API is back)\n")  # not print: a Prefect log line
+            sys.stderr.flush()
             with _without_prefect():
                 return self.body(settings, run)
 

@@ -177,8 +177,10 @@ class StageRun:
 
         where = buffer.buffer_dir()
         cause = f" ({outage_reason(error)})" if error is not None else ""
-        print(f"warning: MLflow server {self.uri} does not answer{cause}: {self.stage} goes on, its run is kept "
-              f"in {where} (`wsss tracking sync` sends it once the server is back)", file=sys.stderr, flush=True)
+        # straight to stderr: inside a flow `print` becomes a Prefect log line, hidden below INFO
+        sys.stderr.write(f"warning: MLflow server {self.uri} does not answer{cause}: {self.stage} goes on, its run "
+                         f"is kept in {where} (`wsss tracking sync` sends it once the server is back)\n")
+        sys.stderr.flush()
         client = buffer.open_buffer()
         origin = self.origin
         experiment = buffer.experiment_id(client, origin["experiment"])

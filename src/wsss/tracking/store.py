@@ -83,3 +83,5 @@ def check_server(uri: str, timeout: float = 3.0) -> None:
 def quiet_mlflow() -> None:
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # urllib3 logs each retry of a request to a dead server; the outage is said once, in our own line
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
