@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from stages.common import main, map_shards, shard_runner, stage
+from stages.common import main, no_retry_on_user_error, shard_runner, stage
 
 
 def cam_shard(ds, settings, settings_key: str, shard: int):
@@ -53,6 +53,8 @@ def has_work(settings) -> bool:
        imports=("torch", "open_clip", "wsss.cam.engine", "wsss.clip.model", "wsss.metrics.plots"))
 def cams(settings, run) -> dict:
     """Shard the manifest, map the shards over the task runner, log throughput and overlays."""
+    from prefect import task, unmapped
+
     from wsss.cam.factory import check_clip_source
     from wsss.cam.runner import cam_split
     from wsss.cam.store import OVERLAYS
@@ -64,8 +66,10 @@ def cams(settings, run) -> dict:
     check_clip_source(settings.clip)
     ds = cam_split(settings)
     key = cam_key(settings)
+    shard_task = task(cam_shard, name="cam-shard", retries=1, retry_condition_fn=no_retry_on_user_error)
     start = time.perf_counter()
-    stats = map_shards(cam_shard, cfg.shards, ds, settings, key, name="cam-shard")
+    futures = shard_task.map(unmapped(ds), unmapped(settings), unmapped(key), range(cfg.shards))
+    stats = [f.result() for f in futures]
     seconds = time.perf_counter() - start
     removed = remove_orphans(cfg.out, set(ds.table["id"]), ".npz")
     computed = sum(s.computed for s in stats)

@@ -16,11 +16,9 @@ retried. Stage modules import their heavy dependencies inside the body, so step 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,8 +43,8 @@ class Stage:
 
     def flow(self, settings: Settings, outcome: dict | None = None):
         """The Prefect flow running the body inside the stage's MLflow run. `outcome` receives what the
-        body did (`done`, `failed`: its message, `api_lost`), which holds even when the flow's own end
-        could not be reported (its Prefect API gone)."""
+        body did (`done`, or `failed` with its message) and the flow run's id: what `main` reports when the
+        flow's own end cannot be (its Prefect API gone; Prefect runs the tasks without it)."""
         from prefect import flow
         from prefect.states import Failed
 
@@ -61,7 +59,7 @@ class Stage:
                 with start_stage_run(self.name, settings.sections(self.sections), tracking=settings.tracking) as run:
                     timings.mark("mlflow_start")
                     try:
-                        result = self._run_body(settings, run, outcome)
+                        result = self.body(settings, run)
                         outcome["done"] = True
                         return result
                     finally:
@@ -83,40 +81,6 @@ class Stage:
         return stage_flow
 
 
-    def _run_body(self, settings: Settings, run, outcome: dict) -> Any:
-        """The body; when its Prefect API stops answering mid-run (a task could not report its state), the
-        body runs again without Prefect in the same MLflow run: it resumes from the outputs already
-        written (per-image outputs are skipped when current), so nothing computed is lost."""
-        try:
-            return self.body(settings, run)
-        except Exception as e:
-            if isinstance(e, WsssError) or not prefect_api_lost():
-                raise
-            outcome["api_lost"] = True
-            sys.stderr.write(f"warning: the Prefect API {_api_url()} stopped answering: {self.name} goes on without "
-                             "it (its flow run is ended once the API is back)\n")  # not print: a Prefect log line
-            sys.stderr.flush()
-            with _without_prefect():
-                return self.body(settings, run)
-
-
-_OFFLINE = threading.local()  # set while a body runs without its Prefect API
-
-
-@contextlib.contextmanager
-def _without_prefect():
-    _OFFLINE.on = True
-    try:
-        yield
-    finally:
-        _OFFLINE.on = False
-
-
-def offline() -> bool:
-    """Is this body running without Prefect (its API was lost)? Then tasks are plain calls."""
-    return getattr(_OFFLINE, "on", False)
-
-
 def _api_url() -> str:
     import os
 
@@ -128,31 +92,6 @@ def prefect_api_lost() -> bool:
     from wsss.prefect_env import api_answers
 
     return bool(_api_url()) and not api_answers(_api_url())
-
-
-def map_shards(fn: Callable, shards: int, *args, name: str, retries: int = 1) -> list:
-    """`fn(*args, shard)` for shard in 0..shards-1: Prefect tasks mapped over the flow's task runner (each
-    a task run in the UI, retried `retries` times on anything but a user error); without Prefect (its
-    API lost) plain threads, one per shard. Returns the results in shard order."""
-    if offline():
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=max(1, shards)) as pool:
-            return list(pool.map(lambda k: fn(*args, k), range(shards)))
-    from prefect import task, unmapped
-
-    shard_task = task(fn, name=name, retries=retries, retry_condition_fn=no_retry_on_user_error)
-    futures = shard_task.map(*[unmapped(a) for a in args], range(shards))
-    return [f.result() for f in futures]
-
-
-def run_task(fn: Callable, *args, name: str, **kwargs) -> Any:
-    """`fn(*args, **kwargs)` as a Prefect task (a step in the UI); a plain call without Prefect."""
-    if offline():
-        return fn(*args, **kwargs)
-    from prefect import task
-
-    return task(fn, name=name)(*args, **kwargs)
 
 
 def _remember_flow_run(outcome: dict) -> None:
@@ -230,11 +169,11 @@ def main(stage: Stage) -> None:
         print(f"interrupted: {stage.name} stopped; finished outputs are kept, a rerun resumes", file=sys.stderr)
         _exit(exit_code(), outcome)
     if state is None:  # the work is done (or failed) but its Prefect API is gone: say which, exit at once
+        print(f"warning: the Prefect API {_api_url()} stopped answering during {stage.name}, which went on without "
+              "it; its flow run is ended by the next stage once the API answers", file=sys.stderr)
         if outcome.get("done"):
-            print(f"{stage.name}: done; its flow run is ended once the Prefect API answers again", file=sys.stderr)
             _exit(0, outcome)
-        print(f"error: {stage.name} failed: {outcome.get('failed', 'its Prefect API stopped answering')}",
-              file=sys.stderr)
+        print(f"error: {stage.name} failed: {outcome.get('failed', 'see the log above')}", file=sys.stderr)
         _exit(1, outcome)
     if state.is_failed() or state.is_crashed():
         print(f"error: {stage.name} failed: {state.message}", file=sys.stderr)

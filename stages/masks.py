@@ -7,7 +7,7 @@ settings, or from CAMs that have since been recomputed, are redone one by one; t
 
 from __future__ import annotations
 
-from stages.common import main, map_shards, shard_runner, stage
+from stages.common import main, no_retry_on_user_error, shard_runner, stage
 
 
 def mask_shard(ds, settings, shard: int) -> dict:
@@ -35,12 +35,16 @@ def has_work(settings) -> bool:
        imports=("wsss.masks.export", "pydensecrf.densecrf"))
 def masks(settings, run) -> dict:
     """Export one pseudo mask per CAM file, in parallel, resumable."""
+    from prefect import task, unmapped
+
     from wsss.cam.runner import cam_split
     from wsss.shards import remove_orphans
 
     cfg = settings.masks
     ds = cam_split(settings)
-    stats = map_shards(mask_shard, cfg.shards, ds, settings, name="mask-shard")
+    shard_task = task(mask_shard, name="mask-shard", retries=1, retry_condition_fn=no_retry_on_user_error)
+    futures = shard_task.map(unmapped(ds), unmapped(settings), range(cfg.shards))
+    stats = [f.result() for f in futures]
     removed = remove_orphans(cfg.out, set(ds.table["id"]), ".png")
     written = sum(s["written"] for s in stats)
     metrics = {"images": len(ds), "written": written, "skipped": sum(s["skipped"] for s in stats),

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.common import main, run_task, stage
+from stages.common import main, stage
 
 
 @stage("prepare", ["data", "validation"], imports=("great_expectations", "wsss.validation", "wsss.data.readers"))
 def prepare(settings, run) -> dict:
     """Read (the base dataset and its accepted drops) → validate (Great Expectations) → write the manifest,
     refusing a failing drop."""
+    from prefect import task
+
     from wsss.data.drops import read_with_drops
     from wsss.data.manifest import write_dataset
     from wsss.data.readers import read_dataset_source
@@ -30,12 +32,12 @@ def prepare(settings, run) -> dict:
                                        labels=data.labels)
         return read_dataset_source(path, format=fmt, classes=vocab)
 
-    ds = run_task(read_with_drops, data.root, data.drops, read_one, data.splits, name="read")
+    ds = task(read_with_drops, name="read")(data.root, data.drops, read_one, data.splits)
     print(f"prepare: read {len(ds)} images, {ds.vocab.num_classes} classes from {data.root}; validating, then "
           f"writing {data.prepared} only if the drop passes")
     report_dir = Path(rules.report_dir)
-    result = run_task(validate_dataset, ds, report_dir, max_pixels=rules.max_pixels, min_side=rules.min_side,
-                      name="validate")
+    result = task(validate_dataset, name="validate")(ds, report_dir, max_pixels=rules.max_pixels,
+                                                     min_side=rules.min_side)
     run.log_dict(result.summary, "validation/summary.json")
     run.log_artifact(report_dir, "validation")
     run.log_metrics({"images": len(ds), "classes": ds.vocab.num_classes,
@@ -46,12 +48,13 @@ def prepare(settings, run) -> dict:
         raise DataError(f"{data.root}: dataset refused, {len(result.verdicts)} expectation(s) failed "
                         f"(report: {report_dir}); {data.prepared} left unchanged\n" + "\n".join(result.verdicts))
 
+    @task(name="write")
     def write() -> None:
         with atomic_dir(data.prepared) as tmp:
             write_dataset(ds, tmp)
             write_json(tmp / "validation.json", result.summary)
 
-    run_task(write, name="write")
+    write()
     run.log_artifact(Path(data.prepared) / "manifest.csv", "prepared")
     run.log_artifact(Path(data.prepared) / "classes.json", "prepared")
     return {"images": len(ds)}

@@ -158,3 +158,41 @@ def _settle(record: dict, timeout: float) -> bool:
     except httpx.HTTPError as e:
         raise OSError(str(e)) from None
     return True
+
+
+# ---- a lost host: Prefect's own zombie detection ----------------------------------------------------------
+ZOMBIE_AUTOMATION = "wsss: crash flow runs whose heartbeats stopped"
+
+
+def ensure_zombie_automation(within_seconds: int = 600) -> str:
+    """Create (once, by name) Prefect's zombie detection on the API: a flow run that sent a heartbeat
+    (`PREFECT_FLOWS_HEARTBEAT_FREQUENCY`, 180 s by default) and then neither another one nor a final
+    state within `within_seconds` is set CRASHED by the server. That covers what no later stage on the
+    same host can: a host that never comes back. Returns "created" or "present"."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION)
+        return "present"
+    except ValueError:
+        pass
+    Automation(
+        name=ZOMBIE_AUTOMATION,
+        description="Prefect's zombie detection (docs: detect zombie flows), installed by wsss",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=within_seconds)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message="no heartbeat: its process or host was lost (wsss zombie detection)")],
+    ).create()
+    return "created"

@@ -67,3 +67,44 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class PrefectServer:
+    """`prefect server start` (API and services, no UI) with its own database under `home`, on a fixed
+    port: `stop()` kills it (SIGKILL), `start()` brings it back at the same URL with the same database."""
+
+    def __init__(self, home: Path, port: int | None = None):
+        self.home, self.port = Path(home), port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> "PrefectServer":
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {"PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_UI_ENABLED": "false"}
+        log = open(self.home / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port),
+             "--no-ui", "--analytics-off", "--no-scheduler", "--no-late-runs"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not _answers(f"{self.url}/health"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server did not start: {(self.home / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        deadline = time.monotonic() + 30
+        while _answers(f"{self.url}/health", timeout=0.5) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def __enter__(self) -> "PrefectServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
