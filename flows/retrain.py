@@ -118,9 +118,12 @@ def retrain(drops: str | None = None, set_params: list[str] | None = None):
             settings = load_settings()
         except WsssError as e:
             return Failed(message=str(e))
+        from wsss.ops.s3 import bound_retries
+
+        bound_retries(settings.ops.retries)  # dvc pull/push: botocore's retries, bounded
         since_ms = int(time.time() * 1000)
         name = f"{flow_run.name or 'retrain'}-{(flow_run.id or '')[:8]}".strip("-")
-        step = "tracking"
+        step, outcomes = "tracking", []
         try:
             print(f"tracking: {sync_tracking(settings)}")  # before any work: buffered runs sent, or an outage said
             step = "fetch data"
@@ -135,13 +138,17 @@ def retrain(drops: str | None = None, set_params: list[str] | None = None):
             step = "registry gate"
             print(f"registry gate: {gate_report(settings, since_ms)}")
         except WsssError as e:
-            return Failed(message=f"{step}: {e}")
+            return Failed(message="; ".join(_drop_errors(outcomes) + [f"{step}: {e}"]))
     for o in outcomes:
         print(Outcome(**o).line())
-    errors = [o for o in outcomes if o["status"] == "error"]
-    if errors:
-        return Failed(message="ingest drops: " + "; ".join(f"drop {o['drop']}: {o['detail']}" for o in errors))
+    if _drop_errors(outcomes):
+        return Failed(message="; ".join(_drop_errors(outcomes)))
     return {"experiment": name, "drops": outcomes, "metrics": metrics}
+
+
+def _drop_errors(outcomes: list[dict]) -> list[str]:
+    """The drops that could not be processed (they wait in incoming/ for the next run), by step."""
+    return [f"ingest drops: drop {o['drop']}: {o['detail']}" for o in outcomes if o["status"] == "error"]
 
 
 @task(name="sync tracking")

@@ -274,11 +274,15 @@ def drops_ingest(area: Optional[str] = _AREA):
     from wsss.ops.lock import LOCK, workspace_lock
     from wsss.settings import load_settings
 
+    from wsss.ops.s3 import bound_retries
+
     root = _project_root()
     with workspace_lock(root) as mine:
         if not mine:
             raise WsssError(f"{root / LOCK}: a retrain or another ingest holds this workspace; try again later")
-        outcomes = ingest(_drop_area(area), load_settings(), root, log=typer.echo)
+        settings = load_settings()
+        bound_retries(settings.ops.retries)
+        outcomes = ingest(_drop_area(area), settings, root, log=typer.echo)
     raise typer.Exit(1 if any(o.status == "error" for o in outcomes) else 0)
 
 

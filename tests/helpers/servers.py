@@ -32,20 +32,21 @@ class MlflowServer:
     """`mlflow server` with its store in `folder`, on a fixed port: `stop()` kills it (SIGKILL: an outage,
     not a shutdown), `start()` brings it back at the same URL with the same store."""
 
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, artifacts: str | None = None, env: dict | None = None):
         self.folder, self.port = Path(folder), port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.artifacts, self.env = artifacts or (self.folder / "artifacts").as_uri(), env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> "MlflowServer":
         self.folder.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        env |= {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}
         log = open(self.folder / "server.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", (self.folder / "artifacts").as_uri(), "--workers", "1"],
+             "--artifacts-destination", self.artifacts, "--workers", "1"],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not _answers(f"{self.url}/health"):

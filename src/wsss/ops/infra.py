@@ -90,6 +90,9 @@ def write_env(path: Path, values: dict[str, str], header: str, unset: tuple[str,
                + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
 
 
+S3_TIMEOUTS = {"connect_timeout": 10, "read_timeout": 60}  # DVC's S3 remote options, as boto3's client (wsss.ops.s3)
+
+
 def s3_init(root: Path, bucket: str, endpoint_url: str | None = None, prefix: str = "wsss",
             remote: str = "storage", env_file: Path | None = None, local: bool = False) -> dict[str, str]:
     """Bucket, default DVC remote `s3://<bucket>/<prefix>/dvc` (in `.dvc/config`, or `.dvc/config.local`
@@ -105,6 +108,8 @@ def s3_init(root: Path, bucket: str, endpoint_url: str | None = None, prefix: st
     url = str(base.join("dvc")).rstrip("/")
     level = ["--local"] if local else []
     _dvc(root, "remote", "add", *level, "-d", "-f", remote, url)
+    for option, seconds in S3_TIMEOUTS.items():  # a store that stops answering: bounded waits, not minutes
+        _dvc(root, "remote", "modify", *level, remote, option, str(seconds))
     typer.echo(f"DVC remote {remote} (default): {url} in .dvc/config{'.local' if local else ''}")
     if endpoint_url:
         _dvc(root, "remote", "modify", "--local", remote, "endpointurl", endpoint_url)
