@@ -5,7 +5,10 @@ it (a team's, or `wsss repro`'s shared API) its flow run and task runs would sta
 stage's flow run is created with tags naming its owner (host; boot, pid and the pid's start time:
 `wsss.pids`), and each stage that starts on that host first sets the RUNNING or PENDING stage runs whose
 owner is gone to CRASHED, as `wsss.tracking.runs.mark_stale_runs` ends such MLflow runs KILLED. Runs of
-other hosts are left alone: only their own host can tell.
+other hosts are left alone: only their own host can tell. A stage with nothing to do never talks to
+Prefect, so each flow run is also recorded on disk (`remember`) and settled from there by any later stage
+(`settle_recorded_runs`); a host that never comes back is Prefect's own zombie detection's
+(`ensure_zombie_automation`: heartbeats missing → CRASHED, on the server).
 """
 
 from __future__ import annotations
