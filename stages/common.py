@@ -185,8 +185,9 @@ def _settle_orphans(stage: Stage) -> None:
     directory listing when there are none, so a stage with nothing to do stays quick."""
     from wsss.prefect_runs import settle_recorded_runs
 
-    for run_id in settle_recorded_runs():
-        print(f"{stage.name}: flow run {run_id} ended (its stage process was gone)", file=sys.stderr)
+    for run_id, state in settle_recorded_runs():
+        why = "its stage process was gone" if state == "CRASHED" else "its stage had finished without the API"
+        print(f"{stage.name}: flow run {run_id} marked {state} ({why})", file=sys.stderr)
 
 
 def _exit(code: int, outcome: dict) -> None:

@@ -89,16 +89,20 @@ def _merge_commits(project, name: str) -> int:
     return sum(1 for line in log.splitlines() if line == f"data: merge drop(s) {name}")
 
 
-def test_s3_stopped_mid_fetch_merges_nothing_and_the_next_run_takes_the_drop(team, s3_server, monkeypatch, tmp_path):
+def test_s3_stopped_mid_fetch_then_mid_push_costs_no_drop_and_the_next_run_finishes(team, s3_server, monkeypatch,
+                                                                                      tmp_path):
     from flows.retrain import retrain
 
-    project, area, _, _ = team
+    project, area, s3, bucket = team
     _, stop, start = s3_server
-    area.deliver(make_drop(tmp_path / "a", 700, labels=("cat",) * 6), "a")
+    area.deliver(make_drop(tmp_path / "a", 700, labels=("cat",) * 40), "a")
     before = (project / "data/raw/base.dvc").read_bytes()
+    merged = project / "data/raw/base/drops/a"
+
+    # 1. S3 stops while the drop is fetched (after its third file) and stays down for the rest of the run
     real, calls = s3lib.download, []
 
-    def download_then_stop(*args, **kwargs):  # the server goes away after the drop's third file
+    def download_then_stop(*args, **kwargs):
         calls.append(1)
         if len(calls) == 4:
             stop()
@@ -107,35 +111,22 @@ def test_s3_stopped_mid_fetch_merges_nothing_and_the_next_run_takes_the_drop(tea
     monkeypatch.setattr(s3lib, "download", download_then_stop)
     began = time.monotonic()
     try:
-        state = retrain(drops=area.uri.__str__(), return_state=True)
+        state = retrain(drops=str(area.uri), return_state=True)
     finally:
         start()
-    assert time.monotonic() - began < 120  # bounded retries, then the step's failure
+        monkeypatch.setattr(s3lib, "download", real)
+    assert time.monotonic() - began < 120  # bounded retries, then each step's failure
     assert state.is_failed() and state.message.startswith("ingest drops: drop a: downloading s3://"), state.message
-    assert "\n" not in state.message
-    assert not (project / "data/raw/base/drops/a").exists() and not list((project / ".wsss/staging").glob("*"))
+    assert "; push: dvc push failed" in state.message and "\n" not in state.message
+    assert not merged.exists() and not list((project / ".wsss/staging").glob("*"))
     assert (project / "data/raw/base.dvc").read_bytes() == before  # nothing half-merged
     assert area.incoming() == ["a"]
 
-    monkeypatch.setattr(s3lib, "download", real)
-    state = retrain(drops=str(area.uri), return_state=True)  # the server is back: the next run takes it
-    assert state.is_completed(), state.message
-    assert [o["status"] for o in state.result()["drops"]] == ["merged"]
-    assert len(list((project / "data/raw/base/drops/a/images").iterdir())) == 6
-    assert area.incoming() == [] and area.names("accepted") == ["a"]
-    assert _merge_commits(project, "a") == 1 and _cloud_in_sync(project)
-
-
-def test_s3_stopped_mid_push_fails_the_push_step_and_the_next_run_finishes(team, s3_server, tmp_path):
-    from flows.retrain import retrain
-
-    project, area, s3, bucket = team
-    _, stop, start = s3_server
-    area.deliver(make_drop(tmp_path / "b", 800, labels=("dog",) * 40), "b")
+    # 2. back: the drop is taken; S3 stops again once `dvc push` has sent a few of its files
     pushed = len(s3lib.list_objects(s3, s3lib.S3Uri(bucket, "dvc/")))
     stopped = threading.Event()
 
-    def stop_mid_push():  # the server goes away once `dvc push` has sent a few of the drop's files
+    def stop_mid_push():
         while not stopped.is_set():
             try:
                 if len(s3lib.list_objects(s3, s3lib.S3Uri(bucket, "dvc/"))) >= pushed + 3:
@@ -154,18 +145,17 @@ def test_s3_stopped_mid_push_fails_the_push_step_and_the_next_run_finishes(team,
         watcher.join(10)
         start()
     assert state.is_failed() and state.message.startswith("push: dvc push failed"), state.message
-    assert "\n" not in state.message
-    merged = project / "data/raw/base/drops/b"
     assert len(list((merged / "images").iterdir())) == 40  # merged whole and versioned (locally)
-    assert not _cloud_in_sync(project)
-    assert area.incoming() == ["b"]  # archived only once it is pushed and committed
+    assert (project / "data/raw/base.dvc").read_bytes() != before and not _cloud_in_sync(project)
+    assert area.incoming() == ["a"]  # archived only once it is pushed and committed
 
+    # 3. back: the next run pushes, commits and archives; the drop is not taken twice
     state = retrain(drops=str(area.uri), return_state=True)
     assert state.is_completed(), state.message
-    assert [o["status"] for o in state.result()["drops"]] == ["already merged"]  # not taken twice
+    assert [o["status"] for o in state.result()["drops"]] == ["already merged"]
     assert len(list((merged / "images").iterdir())) == 40
-    assert _merge_commits(project, "b") == 1 and _cloud_in_sync(project)
-    assert area.incoming() == [] and "b" in area.names("accepted")
+    assert _merge_commits(project, "a") == 1 and _cloud_in_sync(project)
+    assert area.incoming() == [] and area.names("accepted") == ["a"]
 
 
 def test_mlflow_artifacts_on_a_stopped_s3_go_to_the_buffer_and_sync_uploads_them(s3_server, tmp_path, monkeypatch):

@@ -104,11 +104,11 @@ def forget(flow_run_id: str) -> None:
     (_records_dir() / f"{flow_run_id}.json").unlink(missing_ok=True)
 
 
-def settle_recorded_runs(timeout: float = 3.0) -> list[str]:
+def settle_recorded_runs(timeout: float = 3.0) -> list[tuple[str, str]]:
     """End the recorded flow runs whose process is gone: with their recorded outcome (a stage that lost
     its API), else CRASHED with their unfinished task runs; a run already ended (the kill came after its
     end was reported) is left as it is. Records whose API does not answer stay for a later stage. Returns
-    the flow run ids set. Costs a directory listing when there is nothing to settle."""
+    (flow run id, the state it was set to). Costs a directory listing when there is nothing to settle."""
     import json
 
     folder = _records_dir()
@@ -126,7 +126,7 @@ def settle_recorded_runs(timeout: float = 3.0) -> list[str]:
             continue
         try:
             if _settle(record, timeout):
-                settled.append(record["flow_run"])
+                settled.append((record["flow_run"], record.get("outcome") or "CRASHED"))
         except OSError:
             continue  # its API does not answer now: a later stage tries again
         path.unlink(missing_ok=True)

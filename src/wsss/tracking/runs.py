@@ -75,6 +75,7 @@ class StageRun:
         self.uri, self.stage, self.on_outage, self.parent_id = uri, stage, on_outage, parent_id
         self.origin = origin or {}  # experiment, run name, start time, creation tags, pipeline key: to recreate it
         self.buffered = False
+        self._gone = False  # the server was found gone with on_outage fail
         self.status: str | None = None  # how the run ends when the stage returns normally (None: FINISHED)
         self._journal: list[tuple[str, tuple, dict]] | None = [] if uri.startswith(("http://", "https://")) else None
         self._lock = threading.RLock()
@@ -122,7 +123,10 @@ class StageRun:
         self._write("log_batch", tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def end(self, status: str) -> None:
-        """End the run and its parent (a pipeline version ends with its last stage)."""
+        """End the run and its parent (a pipeline version ends with its last stage); not on a server
+        already found gone (`fail`: the stage has said so, a second wait would only delay it)."""
+        if self._gone:
+            return
         self._write("set_terminated", status=status, journal=False)
         with self._lock:
             self._apply(lambda client: client.set_terminated(self.parent_id, status=status), journal=False)
@@ -163,6 +167,7 @@ class StageRun:
             if self.buffered or self._journal is None or not is_outage(e, self.uri):
                 raise
             if self.on_outage != "buffer":
+                self._gone = True
                 raise TrackingUnreachable(f"MLflow tracking server {self.uri} stopped answering during "
                                           f"{self.stage} ({outage_reason(e)}); tracking.on_outage is fail") from None
             self._switch(e)
