@@ -184,6 +184,46 @@ def test_a_hung_server_is_given_up_within_the_bound(server, tmp_path, monkeypatc
         assert buffered.data.params == {"a": "1"} and buffered.info.status == "FINISHED"
 
 
+def test_an_interrupted_sync_is_finished_by_the_next_and_nothing_is_sent_twice(server, tmp_path, monkeypatch):
+    """A run buffered from its start (the server hung then), synced: the first sync is cut short after the
+    server's run exists; the next completes that run (no second one, no metric point twice)."""
+    import wsss.tracking.sync as sync_module
+    from wsss.settings import TrackingSettings
+    from wsss.tracking import start_stage_run
+    from wsss.tracking.store import BACKOFF, JITTER, RETRIES, TIMEOUT
+
+    for key in (RETRIES, BACKOFF, JITTER, TIMEOUT):
+        monkeypatch.delenv(key, raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "notes.txt").write_text("notes")
+    monkeypatch.chdir(tmp_path)
+    tracking = TrackingSettings(uri=server.url, experiment="interrupted", timeout=1, retries=0)
+    with _frozen(server):
+        with start_stage_run("late", {"a": 1}, tracking=tracking) as run:
+            assert run.buffered
+            for step in range(3):
+                run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            run.log_artifact(tmp_path / "notes.txt", "notes")
+    real = sync_module._local_path
+
+    def cut_short(uri):  # an interrupt after params, metrics and tags are on the server, before artifacts
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sync_module, "_local_path", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        sync_module.sync(server.url, log=lambda line: None, tracking=tracking)
+    monkeypatch.setattr(sync_module, "_local_path", real)
+    report = sync_module.sync(server.url, log=lambda line: None, tracking=tracking)
+    client, [synced] = _runs(server.url, "late", "interrupted")
+    assert list(report.synced.values()) == [synced.info.run_id] and synced.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(synced.info.run_id, "loss")] == [
+        (0, 1.0), (1, 0.5), (2, 1 / 3)]
+    assert [a.path for a in client.list_artifacts(synced.info.run_id, "notes")] == ["notes/notes.txt"]
+    parent = client.get_run(synced.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["wsss.pipeline"] == "nogit" and parent.info.status == "FINISHED"
+    assert sync_module.sync(server.url, log=lambda line: None, tracking=tracking).synced == {}
+
+
 # ------------------------------------------------------------------------------ evaluate and the registry
 
 @pytest.fixture(scope="module")

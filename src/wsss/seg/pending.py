@@ -44,13 +44,15 @@ def evaluation_key(settings: Settings, segmenter: Path) -> str:
     import wsss
 
     src = Path(wsss.__file__).parent.parent
-    code = sorted(p for d in _CODE for p in (src / d).rglob("*.py"))
+    code = {p.relative_to(src).as_posix(): _sha256(p) for d in _CODE for p in sorted((src / d).rglob("*.py"))}
     stage = project_root() / "stages" / "evaluate.py"
+    if stage.is_file():
+        code["stages/evaluate.py"] = _sha256(stage)
     prepared = Path(settings.data.prepared)
     parts = {"segmenter": _sha256(segmenter), "evaluate": settings.evaluate.work_settings(),
              "prepared": {p.relative_to(prepared).as_posix(): _sha256(p) for p in sorted(prepared.rglob("*"))
                           if p.is_file()} if prepared.is_dir() else {},
-             "code": {p.relative_to(src).as_posix(): _sha256(p) for p in code + ([stage] if stage.is_file() else [])}}
+             "code": code}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
