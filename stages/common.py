@@ -12,6 +12,10 @@
    its process; flow runs of this host's stages killed outright are marked CRASHED first (`wsss.prefect_runs`).
 User errors (`WsssError`) become a Failed state with a one-line message and exit code 1; they are never
 retried. Stage modules import their heavy dependencies inside the body, so step 1 stays fast.
+Outages cost no work: an MLflow server that stops answering moves the run to the local buffer
+(`wsss.tracking`); a Prefect API that stops answering leaves the work going (Prefect runs the tasks
+without it) and only the flow's end unreported: one warning line, the stage's real exit code, and the
+flow run's record on disk for the next stage on this host to report (`wsss.prefect_runs`).
 """
 
 from __future__ import annotations
@@ -73,7 +77,6 @@ class Stage:
                 raise
 
         run_stage.__name__ = run_stage.__qualname__ = f"{self.name}_stage"
-        run_stage.outcome = outcome
         run_stage.__doc__ = self.body.__doc__
         stage_flow = flow(name=self.name, log_prints=True, validate_parameters=False)(run_stage)
         if self.task_runner is not None:
@@ -87,7 +90,7 @@ def _api_url() -> str:
     return os.environ.get("PREFECT_API_URL", "")
 
 
-def prefect_api_lost() -> bool:
+def _prefect_api_lost() -> bool:
     """Does the stage's Prefect API no longer answer (`/health`, 3 s)?"""
     from wsss.prefect_env import api_answers
 
@@ -202,6 +205,9 @@ def _exit(code: int, outcome: dict) -> None:
     os._exit(code)
 
 
+LOST_API_MESSAGE = "the Prefect API stopped answering during the stage, which finished without it"
+
+
 def run_flow(stage: Stage, settings: Settings, outcome: dict | None = None):
     """The stage's flow run (its final state), tagged with this process as its owner, after the unfinished
     flow runs of this host's stage processes that are gone are ended (`wsss.prefect_runs`). None when the
@@ -219,7 +225,7 @@ def run_flow(stage: Stage, settings: Settings, outcome: dict | None = None):
         with tags(*owner_tags()):
             state = stage.flow(settings, outcome)(settings, return_state=True)
     except Exception:
-        if not outcome or not prefect_api_lost():
+        if not outcome or not _prefect_api_lost():
             raise
         outcome["api_lost"] = True
         if outcome.get("flow_run"):
@@ -230,9 +236,6 @@ def run_flow(stage: Stage, settings: Settings, outcome: dict | None = None):
     if outcome.get("flow_run"):
         forget(outcome["flow_run"])  # its end is reported
     return state
-
-
-LOST_API_MESSAGE = "the Prefect API stopped answering during the stage, which finished without it"
 
 
 def run_worker(work: Callable[[Settings], Any]) -> None:
