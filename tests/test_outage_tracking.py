@@ -45,9 +45,14 @@ def server(tmp_path_factory):
 
 
 def _env(root: Path, uri: str) -> dict:
+    """A stage's environment: `uri` as its tracking server, and the worker's Prefect API (the session's
+    test harness) shared, so that no stage boots one of its own (seconds each)."""
+    from prefect.settings import PREFECT_API_URL
+
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "WSSS_PARAMS", "DVC_ROOT")
            and not k.startswith("MLFLOW_")}
-    return {**env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO), "PATH": PATH}
+    return {**env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO), "PATH": PATH,
+            "PREFECT_API_URL": PREFECT_API_URL.value()}
 
 
 def _wsss(root: Path, uri: str, *args: str) -> subprocess.CompletedProcess:
@@ -56,7 +61,7 @@ def _wsss(root: Path, uri: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory):
+def template(tmp_path_factory, prefect_harness):
     """A DVC project whose `cams` stage has work: a prepared toy world, overlays drawn (an artifact)."""
     root = stage_project(tmp_path_factory.mktemp("outage-template") / "p", NUM, 0)
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -227,7 +232,7 @@ def test_an_interrupted_sync_is_finished_by_the_next_and_nothing_is_sent_twice(s
 # ------------------------------------------------------------------------------ evaluate and the registry
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, prefect_harness):
     """A project with a prepared toy world (val split) and a tiny segmenter, ready for `evaluate`."""
     root = stage_project(tmp_path_factory.mktemp("evaluate") / "p", 4, 6)
     params = yaml.safe_load((root / "params.yaml").read_text())
