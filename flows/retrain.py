@@ -129,7 +129,7 @@ def gate_report(settings: Settings, since_ms: int) -> str:
     from wsss.seg.registry import gate_summary
     from wsss.tracking.runs import open_store
 
-    return gate_summary(open_store(settings.tracking.uri), settings.tracking.experiment,
+    return gate_summary(open_store(settings.tracking.uri, settings.tracking), settings.tracking.experiment,
                         settings.evaluate.registered_model, since_ms)
 
 
@@ -147,30 +147,58 @@ def retrain(drops: str | None = None, set_params: list[str] | None = None):
             settings = load_settings()
         except WsssError as e:
             return Failed(message=str(e))
+        from wsss.ops.s3 import bound_retries
+
+        bound_retries(settings.ops.retries)  # dvc pull/push: botocore's retries, bounded
         since_ms = int(time.time() * 1000)
         name = f"{flow_run.name or 'retrain'}-{(flow_run.id or '')[:8]}".strip("-")
+        step, outcomes = "tracking", []
         try:
-            _tracking_reachable(settings)  # before any work: an MLflow outage must not cost a drop or an hour
+            print(f"tracking: {sync_tracking(settings)}")  # before any work: buffered runs sent, or an outage said
+            step = "fetch data"
             print(f"fetch data: {fetch_data(project, settings)}")
+            step = "ingest drops"
             outcomes = ingest_drops(project, settings, drops)
+            step = "experiment"
             metrics = experiment(project, name, list(set_params or []))
             print(f"experiment {name}: {seg_summary(metrics)}")
+            step = "push"
             print(f"push: {push(project, settings)}")
+            step = "registry gate"
             print(f"registry gate: {gate_report(settings, since_ms)}")
         except WsssError as e:
-            return Failed(message=str(e))
+            return Failed(message="; ".join(_drop_errors(outcomes) + [f"{step}: {e}"]))
     for o in outcomes:
         print(Outcome(**o).line())
-    errors = [o for o in outcomes if o["status"] == "error"]
-    if errors:
-        return Failed(message="; ".join(f"drop {o['drop']}: {o['detail']}" for o in errors))
+    if _drop_errors(outcomes):
+        return Failed(message="; ".join(_drop_errors(outcomes)))
     return {"experiment": name, "drops": outcomes, "metrics": metrics}
 
 
-def _tracking_reachable(settings: Settings) -> None:
-    from wsss.tracking.runs import open_store
+def _drop_errors(outcomes: list[dict]) -> list[str]:
+    """The drops that could not be processed (they wait in incoming/ for the next run), by step."""
+    return [f"ingest drops: drop {o['drop']}: {o['detail']}" for o in outcomes if o["status"] == "error"]
 
-    open_store(settings.tracking.uri)
+
+@task(name="sync tracking")
+def sync_tracking(settings: Settings) -> str:
+    """The tracking server answers: send what an outage left buffered (and a pending registration).
+    It does not: with `tracking.on_outage: fail` the run stops here, before any work (an MLflow outage
+    must not cost a drop or an hour); with `buffer` the stages buffer their runs and the run goes on."""
+    from wsss.seg.pending import sync_and_register
+    from wsss.tracking.runs import TrackingUnreachable, open_store
+    from wsss.tracking.store import is_server, tracking_uri
+
+    uri = tracking_uri(settings.tracking.uri)
+    try:
+        open_store(uri, settings.tracking)
+    except TrackingUnreachable as e:
+        if settings.tracking.on_outage == "fail":
+            raise
+        return f"warning: {e}; the stages buffer their runs (`wsss tracking sync` later)"
+    if not is_server(uri):
+        return f"local store {uri}"
+    return "; ".join(sync_and_register(uri, settings.tracking, log=_log))
 
 
 def deployment(settings: Settings | None = None):

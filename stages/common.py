@@ -12,6 +12,10 @@
    its process; flow runs of this host's stages killed outright are marked CRASHED first (`wsss.prefect_runs`).
 User errors (`WsssError`) become a Failed state with a one-line message and exit code 1; they are never
 retried. Stage modules import their heavy dependencies inside the body, so step 1 stays fast.
+Outages cost no work: an MLflow server that stops answering moves the run to the local buffer
+(`wsss.tracking`); a Prefect API that stops answering leaves the work going (Prefect runs the tasks
+without it) and only the flow's end unreported: one warning line, the stage's real exit code, and the
+flow run's record on disk for the next stage on this host to report (`wsss.prefect_runs`).
 """
 
 from __future__ import annotations
@@ -41,24 +45,31 @@ class Stage:
     has_work: Callable[[Settings], bool] | None = None  # False: every output is current, nothing to do
     view: Callable[[Settings], Settings] | None = None  # the settings this stage runs with (teacher: cams on words)
 
-    def flow(self, settings: Settings):
-        """The Prefect flow running the body inside the stage's MLflow run."""
+    def flow(self, settings: Settings, outcome: dict | None = None):
+        """The Prefect flow running the body inside the stage's MLflow run. `outcome` receives what the
+        body did (`done`, or `failed` with its message) and the flow run's id: what `main` reports when the
+        flow's own end cannot be (its Prefect API gone; Prefect runs the tasks without it)."""
         from prefect import flow
         from prefect.states import Failed
 
         from wsss.tracking import start_stage_run
 
+        outcome = {} if outcome is None else outcome
+
         def run_stage(settings: Settings) -> Any:
             try:
                 timings.mark("flow_start")
-                with start_stage_run(self.name, settings.sections(self.sections),
-                                     experiment=settings.tracking.experiment, uri=settings.tracking.uri) as run:
+                _remember_flow_run(outcome)
+                with start_stage_run(self.name, settings.sections(self.sections), tracking=settings.tracking) as run:
                     timings.mark("mlflow_start")
                     try:
-                        return self.body(settings, run)
+                        result = self.body(settings, run)
+                        outcome["done"] = True
+                        return result
                     finally:
                         timings.mark("work")
             except WsssError as e:
+                outcome["failed"] = str(e)
                 return Failed(message=str(e))
             except BaseException as e:  # Prefect turns SIGTERM into its own TerminationSignal: stop the workers too
                 if is_interrupt(e):
@@ -71,6 +82,36 @@ class Stage:
         if self.task_runner is not None:
             stage_flow = stage_flow.with_options(task_runner=self.task_runner(settings))
         return stage_flow
+
+
+def _api_url() -> str:
+    import os
+
+    return os.environ.get("PREFECT_API_URL", "")
+
+
+def _prefect_api_lost() -> bool:
+    """Does the stage's Prefect API no longer answer (`/health`, 3 s)?"""
+    from wsss.prefect_env import api_answers
+
+    return bool(_api_url()) and not api_answers(_api_url())
+
+
+def _remember_flow_run(outcome: dict) -> None:
+    """Record this flow run on disk when its API outlives the stage (`wsss.prefect_runs.remember`)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    outcome["flow_run"] = str(context.flow_run.id)
+    if _EXTERNAL_API.get("url"):
+        from wsss.prefect_runs import remember
+
+        remember(outcome["flow_run"], _EXTERNAL_API["url"])
+
+
+_EXTERNAL_API: dict[str, str] = {}  # {"url": ...} while the stage's Prefect API is a server that outlives it
 
 
 def stage(name: str, sections: list[str], task_runner: Callable | None = None, imports: tuple[str, ...] = (),
@@ -102,9 +143,11 @@ def main(stage: Stage) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     timings.mark("settings")
+    outcome: dict = {}
     try:
         with timings.recorded(stage.name), handle_signals():
             if stage.has_work is not None and not stage.has_work(settings):
+                _settle_orphans(stage)
                 print(f"{stage.name}: nothing to do, every output is current")
                 return
             timings.mark("pending")
@@ -115,7 +158,9 @@ def main(stage: Stage) -> None:
                 timings.mark("imports")
                 wait_until_ready(*api)
                 timings.mark("prefect_api")
-                state = run_flow(stage, settings)
+                if api[1] is None:
+                    _EXTERNAL_API["url"] = api[0]
+                state = run_flow(stage, settings, outcome)
                 timings.mark("flow_end")
     except WsssError as e:  # found before the flow (e.g. by `has_work`): one line, like any user error
         print(f"error: {e}", file=sys.stderr)
@@ -125,23 +170,72 @@ def main(stage: Stage) -> None:
             raise
         request_stop(getattr(e, "signal", signal.SIGINT))
         print(f"interrupted: {stage.name} stopped; finished outputs are kept, a rerun resumes", file=sys.stderr)
-        raise SystemExit(exit_code())
+        _exit(exit_code(), outcome)
+    if state is None:  # the work is done (or failed) but its Prefect API is gone: say which, exit at once
+        print(f"warning: the Prefect API {_api_url()} stopped answering during {stage.name}, which went on without "
+              "it; its flow run is ended by the next stage once the API answers", file=sys.stderr)
+        if outcome.get("done"):
+            _exit(0, outcome)
+        print(f"error: {stage.name} failed: {outcome.get('failed', 'see the log above')}", file=sys.stderr)
+        _exit(1, outcome)
     if state.is_failed() or state.is_crashed():
         print(f"error: {stage.name} failed: {state.message}", file=sys.stderr)
         raise SystemExit(1)
 
 
-def run_flow(stage: Stage, settings: Settings):
+def _settle_orphans(stage: Stage) -> None:
+    """End the recorded flow runs of this host's stages killed outright (`wsss.prefect_runs`): a
+    directory listing when there are none, so a stage with nothing to do stays quick."""
+    from wsss.prefect_runs import settle_recorded_runs
+
+    for run_id, state in settle_recorded_runs():
+        why = "its stage process was gone" if state == "CRASHED" else "its stage had finished without the API"
+        print(f"{stage.name}: flow run {run_id} marked {state} ({why})", file=sys.stderr)
+
+
+def _exit(code: int, outcome: dict) -> None:
+    """Exit with `code`; once the Prefect API is lost, without waiting for Prefect's log and event workers
+    (at exit they retry the dead server for minutes): our own outputs and MLflow run are complete."""
+    if not outcome.get("api_lost"):
+        raise SystemExit(code)
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+LOST_API_MESSAGE = "the Prefect API stopped answering during the stage, which finished without it"
+
+
+def run_flow(stage: Stage, settings: Settings, outcome: dict | None = None):
     """The stage's flow run (its final state), tagged with this process as its owner, after the unfinished
-    flow runs of this host's stage processes that are gone are marked CRASHED (`wsss.prefect_runs`)."""
+    flow runs of this host's stage processes that are gone are ended (`wsss.prefect_runs`). None when the
+    flow's end could not be reported because its Prefect API stopped answering (`outcome` says what the
+    body did; the flow run's record keeps it for the next stage to report)."""
     from prefect import tags
 
-    from wsss.prefect_runs import mark_crashed_runs, owner_tags
+    from wsss.prefect_runs import forget, mark_crashed_runs, outcome as record_outcome, owner_tags
 
+    outcome = {} if outcome is None else outcome
+    _settle_orphans(stage)
     for run_id in mark_crashed_runs():
         print(f"{stage.name}: flow run {run_id} marked CRASHED (its stage process was gone)", file=sys.stderr)
-    with tags(*owner_tags()):
-        return stage.flow(settings)(settings, return_state=True)
+    try:
+        with tags(*owner_tags()):
+            state = stage.flow(settings, outcome)(settings, return_state=True)
+    except Exception:
+        if not outcome or not _prefect_api_lost():
+            raise
+        outcome["api_lost"] = True
+        if outcome.get("flow_run"):
+            done = outcome.get("done")
+            record_outcome(outcome["flow_run"], "COMPLETED" if done else "FAILED",
+                           LOST_API_MESSAGE + ("" if done else f": {outcome.get('failed', 'it failed')}"))
+        return None
+    if outcome.get("flow_run"):
+        forget(outcome["flow_run"])  # its end is reported
+    return state
 
 
 def run_worker(work: Callable[[Settings], Any]) -> None:
@@ -168,9 +262,14 @@ def preload(stage: Stage, settings: Settings) -> None:
     """Import Prefect, MLflow (and open its store) and the stage's heavy modules."""
     import prefect  # noqa: F401
 
-    from wsss.tracking.runs import open_store
+    from wsss.tracking.runs import TrackingUnreachable, open_store
 
-    open_store(settings.tracking.uri)
+    try:
+        open_store(settings.tracking.uri, settings.tracking)
+    except TrackingUnreachable:
+        if settings.tracking.on_outage == "fail":
+            raise
+        # buffer: the stage's run starts in the local buffer (wsss.tracking), with one warning line
     for module in stage.imports:
         importlib.import_module(module)
 

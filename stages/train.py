@@ -22,19 +22,14 @@ def has_work(settings) -> bool:
 def train(settings, run) -> dict:
     """Train (resuming when a checkpoint of the same inputs exists) and log. No ground truth is read here,
     not even for a validation curve: the `evaluate` stage scores the finished segmenter."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
     from wsss.seg.run import train_from_settings
+    from wsss.tracking.system import system_metrics
 
     def on_log(iteration: int, metrics: dict) -> None:
         run.log_metrics(metrics, step=iteration)
 
-    monitor = SystemMetricsMonitor(run.run_id, sampling_interval=5, tracking_uri=run.client.tracking_uri)
-    monitor.start()
-    try:
+    with system_metrics(run, interval=5):
         stats = train_from_settings(settings, on_log)
-    finally:
-        monitor.finish()
     run.log_metrics(stats)
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()})
     return stats

@@ -44,8 +44,9 @@ def pytest_configure(config):
 # Under xdist (pyproject's addopts: `--dist loadfile --no-loadscope-reorder`) a module is one unit of work,
 # so that its module fixtures are built once, and the units are handed out in collection order: these first,
 # so that the workers finish together instead of one starting the longest module last.
-HEAVIEST = ("test_pipeline", "test_real_data", "test_retrain", "test_stage_safety", "test_dask_shards",
-            "test_ops_drops", "test_ops_infra", "test_seg_ddp", "test_ops_s3", "test_drop_meaning")
+HEAVIEST = ("test_pipeline", "test_real_data", "test_retrain", "test_outage_tracking", "test_outage_s3",
+            "test_stage_safety", "test_dask_shards", "test_ops_drops", "test_ops_infra", "test_outage_prefect",
+            "test_drop_meaning", "test_seg_ddp", "test_ops_s3")
 
 
 def pytest_collection_modifyitems(config, items):

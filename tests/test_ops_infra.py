@@ -229,11 +229,23 @@ def test_unreachable_tracking_server_is_one_line_error():
     assert "\n" not in message and uri in message and "unreachable" in message and "MLFLOW_TRACKING_URI" in message
 
 
-def test_stage_with_unreachable_tracking_server_stops_in_one_line(tmp_path):
+def _toyworld_project(tmp_path: Path, on_outage: str) -> Path:
+    import yaml
+
     work = tmp_path / "project"
     shutil.copytree(REPO / "stages", work / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy2(REPO / name, work / name)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["tracking"]["on_outage"] = on_outage
+    params["toyworld"].update(num_train=4, num_val=0)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return work
+
+
+def test_stage_with_unreachable_tracking_server_stops_in_one_line(tmp_path):
+    """tracking.on_outage: fail keeps the fast, clear failure at the start."""
+    work = _toyworld_project(tmp_path, "fail")
     uri = f"http://127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"MLFLOW_TRACKING_URI": uri}
     start = time.monotonic()
@@ -245,6 +257,25 @@ def test_stage_with_unreachable_tracking_server_stops_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
     assert elapsed < 60, elapsed
     assert not (work / "data").exists()
+
+
+def test_stage_with_unreachable_tracking_server_buffers_its_run(tmp_path):
+    """tracking.on_outage: buffer (the default): the stage runs, its run goes to the local buffer."""
+    from mlflow.tracking import MlflowClient
+
+    work = _toyworld_project(tmp_path, "buffer")
+    uri = f"http://127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"MLFLOW_TRACKING_URI": uri}
+    proc = _run(sys.executable, "-m", "stages.toyworld", cwd=work, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and uri in warnings[0] and "wsss tracking sync" in warnings[0], proc.stderr
+    assert "Traceback" not in proc.stderr and (work / "data/raw/toyworld").is_dir()
+    client = MlflowClient(f"sqlite:///{work / '.wsss/tracking/mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("wsss").experiment_id],
+                               filter_string="tags.`dvc.stage` = 'toyworld'")
+    assert run.info.status == "FINISHED" and run.data.tags["wsss.tracking.server"] == uri
+    assert run.data.params["toyworld.num_train"] == "4" and run.data.metrics
 
 
 # --------------------------------------------------------------------------------------------- dev stack

@@ -221,7 +221,7 @@ def test_retrain_with_mlflow_unreachable_fails_with_one_line(prefect_harness, tm
         port = s.getsockname()[1]  # closed once the block ends
     work = tmp_path / "repo"
     copy_repo(work)
-    shrink(work / "params.yaml", TINY)
+    shrink(work / "params.yaml", {**TINY, "tracking": {"on_outage": "fail"}})  # buffer would run the pipeline
     commit_copy(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("PATH", f"{PY_BIN}{os.pathsep}{os.environ['PATH']}")
@@ -229,7 +229,7 @@ def test_retrain_with_mlflow_unreachable_fails_with_one_line(prefect_harness, tm
     monkeypatch.chdir(work)
     state = retrain(return_state=True)
     assert state.is_failed()
-    assert state.message.startswith(f"MLflow tracking server http://127.0.0.1:{port} unreachable")
+    assert state.message.startswith(f"tracking: MLflow tracking server http://127.0.0.1:{port} unreachable")
     assert "\n" not in state.message
     assert not (work / "data").exists()  # stopped before any work
 

@@ -369,6 +369,22 @@ def test_mlflow_models_serve_answers_pixel_and_encoded_images(store, tmp_path):
         assert status == 400 and "Error: image 1: cannot decode image" in answer["message"]
         status, answer = _post(url, {"inputs": [[1, 2, 3]]})
         assert status == 400 and "expected uint8 images [N, H, W, 3]" in answer["message"]
+
+        # bad requests: each a 4xx whose message ends in one line saying what is wrong; the server goes on
+        from benchmarks.serve_load import bad_requests, image_request, message, post, run_load, voc_jpegs
+
+        voc = voc_jpegs(2)
+        expected = {"garbage base64": (400, "Error: image 0: not base64"),
+                    "not an image": (400, "Error: image 0: cannot decode image"),
+                    "decompression bomb": (400, "Error: image 0: refused as a decompression bomb"),
+                    "50 MB body": (400, "MB encoded, over the 20 MB limit for one image"),
+                    "wrong content type": (415, "only supports the following content types")}
+        for kind, (body, content_type) in bad_requests(tmp_path).items():
+            status, text = post(url, body, content_type)
+            assert (status, expected[kind][1] in message(text)) == (expected[kind][0], True), (kind, status, text[:500])
+            assert post(url, image_request(voc[:1]))[0] == 200, f"no answer after the {kind}"
+        load = run_load(url, voc, clients=4, requests=2)  # a tiny bounded load: VOC-size images, 4 at once
+        assert load["requests"] == 8 and load["errors"] == 0, load["failures"]
     finally:
         stop_process(proc)
 

@@ -308,12 +308,52 @@ def drops_ingest(area: Optional[str] = _AREA):
     from wsss.ops.lock import LOCK, workspace_lock
     from wsss.settings import load_settings
 
+    from wsss.ops.s3 import bound_retries
+
     root = _project_root()
     with workspace_lock(root) as mine:
         if not mine:
             raise WsssError(f"{root / LOCK}: a retrain or another ingest holds this workspace; try again later")
-        outcomes = ingest(_drop_area(area), load_settings(), root, log=typer.echo)
+        settings = load_settings()
+        bound_retries(settings.ops.retries)
+        outcomes = ingest(_drop_area(area), settings, root, log=typer.echo)
     raise typer.Exit(1 if any(o.status == "error" for o in outcomes) else 0)
+
+
+tracking_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                           help="MLflow runs kept locally while the tracking server was down: list, send.")
+app.add_typer(tracking_app, name="tracking")
+
+
+@tracking_app.command("sync")
+def tracking_sync(uri: Optional[str] = typer.Option(None, help="Tracking server [default: tracking.uri in "
+                                                    "params.yaml, else $MLFLOW_TRACKING_URI].")):
+    """Send the runs buffered during an outage (.wsss/tracking) to the tracking server, as they would have
+    been; then register and gate a segmenter whose registration was pending. Safe to repeat or interrupt."""
+    from wsss.seg.pending import sync_and_register
+    from wsss.settings import load_settings
+
+    _project_root()
+    tracking = load_settings().tracking
+    for line in sync_and_register(uri or tracking.uri, tracking, log=typer.echo):
+        typer.echo(line)
+
+
+@tracking_app.command("ls")
+def tracking_ls():
+    """The buffered runs not yet sent, with their server and status."""
+    from wsss.tracking import buffer
+
+    _project_root()
+    if not buffer.exists():
+        typer.echo("no buffered runs")
+        return
+    client = buffer.open_buffer()
+    rows = [r for exp in client.search_experiments() for r in client.search_runs([exp.experiment_id], max_results=1000)
+            if "dvc.stage" in r.data.tags and buffer.SYNCED_TAG not in r.data.tags]
+    for r in sorted(rows, key=lambda r: r.info.start_time):
+        typer.echo(f"{r.info.run_name:30} {r.info.status:9} → {r.data.tags.get(buffer.SERVER_TAG, '?')}")
+    typer.echo(f"{len(rows)} run(s) to sync (`wsss tracking sync`)")
 
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -94,6 +94,16 @@ def wait_until_ready(url: str, proc: subprocess.Popen | None = None) -> None:
                     "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
 
 
+def api_answers(url: str, timeout: float = 3.0) -> bool:
+    """Does the Prefect API at `url` answer `/health` now?"""
+    import httpx
+
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the process's group, SIGKILL it after `grace` seconds."""
     if proc.poll() is not None:

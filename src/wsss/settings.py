@@ -112,6 +112,18 @@ class TrackingSettings(Section):
     KEY = "tracking"
     experiment: str = knob("wsss", check=bool, expect="a non-empty experiment name")
     uri: str | None = knob(None)
+    on_outage: Literal["buffer", "fail"] = knob("buffer")
+    timeout: int = knob(8, ge=1, le=60)  # seconds one MLflow request may wait for an answer
+    retries: int = knob(2, ge=0, le=10)  # MLflow's own retries of a failed request (backoff 0 s, 2 s, 4 s, ...)
+
+    def check(self) -> None:
+        if self.give_up_seconds() > 120:
+            raise ConfigError(f"tracking.timeout × (tracking.retries + 1) plus backoff is {self.give_up_seconds():.0f} s: "
+                              "a dead MLflow server would hold each stage that long; keep it under 120 s")
+
+    def give_up_seconds(self) -> float:
+        """The longest one MLflow request takes to give up on a server that accepts but never answers."""
+        return self.timeout * (self.retries + 1) + sum(2 ** k for k in range(1, self.retries))
 
 
 def _is_device(spec: str) -> bool:

@@ -90,6 +90,9 @@ def write_env(path: Path, values: dict[str, str], header: str, unset: tuple[str,
                + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
 
 
+S3_TIMEOUTS = {"connect_timeout": 10, "read_timeout": 60}  # DVC's S3 remote options, as boto3's client (wsss.ops.s3)
+
+
 def s3_init(root: Path, bucket: str, endpoint_url: str | None = None, prefix: str = "wsss",
             remote: str = "storage", env_file: Path | None = None, local: bool = False) -> dict[str, str]:
     """Bucket, default DVC remote `s3://<bucket>/<prefix>/dvc` (in `.dvc/config`, or `.dvc/config.local`
@@ -105,6 +108,8 @@ def s3_init(root: Path, bucket: str, endpoint_url: str | None = None, prefix: st
     url = str(base.join("dvc")).rstrip("/")
     level = ["--local"] if local else []
     _dvc(root, "remote", "add", *level, "-d", "-f", remote, url)
+    for option, seconds in S3_TIMEOUTS.items():  # a store that stops answering: bounded waits, not minutes
+        _dvc(root, "remote", "modify", *level, remote, option, str(seconds))
     typer.echo(f"DVC remote {remote} (default): {url} in .dvc/config{'.local' if local else ''}")
     if endpoint_url:
         _dvc(root, "remote", "modify", "--local", remote, "endpointurl", endpoint_url)
@@ -314,6 +319,26 @@ def _deploy(stack: _Stack) -> None:
         typer.echo("deployments: prefect.yaml deployed (prefect deployment ls)")
 
 
+@infra_app.command("prefect-zombies")
+def prefect_zombies(within: int = typer.Option(600, help="Seconds without a heartbeat (sent every "
+                                                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY s, 180 by default) before a "
+                                                "running flow run is set CRASHED.")):
+    """Install Prefect's zombie detection on the server at $PREFECT_API_URL (once): flow runs whose
+    process or host died without a word are set CRASHED by the server itself."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise InfraError("PREFECT_API_URL is not set: the automation lives on a Prefect server")
+    from wsss.prefect_runs import ZOMBIE_AUTOMATION, ensure_zombie_automation
+
+    typer.echo(f"automation {ZOMBIE_AUTOMATION!r}: {ensure_zombie_automation(within)}")
+
+
+def _zombies(stack: "_Stack") -> None:
+    done = subprocess.run([sys.executable, "-m", "wsss.cli", "infra", "prefect-zombies"], cwd=stack.root,
+                          env=stack.env, capture_output=True, text=True, timeout=120)
+    typer.echo(done.stdout.strip() if done.returncode == 0 else
+               f"warning: zombie detection not installed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
 @infra_app.command("dev-up")
 def dev_up(s3_port: int = typer.Option(9000, help="moto S3 server port."),
            mlflow_port: int = typer.Option(5000, help="MLflow server port."),
@@ -351,6 +376,7 @@ def dev_up(s3_port: int = typer.Option(9000, help="moto S3 server port."),
     write_env(dev / "env", env, "the dev stack of `wsss infra dev-up` (moto's fixed test credentials only)",
               unset=AWS_ELSEWHERE)
     _deploy(stack)
+    _zombies(stack)
     typer.echo(f"dev stack up: source {(dev / 'env').relative_to(root)}; stop it with `wsss infra dev-down`")
 
 

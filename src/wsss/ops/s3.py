@@ -58,6 +58,15 @@ def client(endpoint_url: str | None = None, retries: int = 5):
                         region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1")
 
 
+def bound_retries(retries: int) -> None:
+    """botocore's own retry settings for the children we start (`dvc push`/`pull` through s3fs and
+    aiobotocore), unless the environment or AWS profile sets them: `standard` mode, `retries` attempts per
+    request. With them a stopped store fails a `dvc push` in seconds (`ops.retries`; the S3 remote's
+    connect/read timeouts bound a store that hangs: `wsss infra s3-init` sets them)."""
+    os.environ.setdefault("AWS_RETRY_MODE", "standard")
+    os.environ.setdefault("AWS_MAX_ATTEMPTS", str(retries))
+
+
 @contextlib.contextmanager
 def s3_errors(what: str) -> Iterator[None]:
     """botocore failures → one S3Error line: `what: reason`."""

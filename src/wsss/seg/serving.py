@@ -7,7 +7,9 @@ Two input forms, told apart by their shape:
   [...]}}`) → one row per image: `labels` (H×W class ids) and, with the parameter `palette`, `palette_png`
   (the label map as a base64 VOC-palette PNG). Images of any size can share a request.
 0 = background, 1..C = the model's classes. Encoded images get the checks of files on disk (decompression
-bombs refused, any colour mode converted); a bad request is one `DataError` line naming the image.
+bombs refused, any colour mode converted) and a size limit (`MAX_ENCODED_MB`, checked before decoding);
+a bad request is one `DataError` line naming the image, which the server answers with HTTP 400. What
+MLflow's scoring server checks itself: the content type (415 unless JSON, CSV or Parquet) and the JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from wsss.errors import DataError
 
 ENCODED = "image"  # the column of encoded images
 PALETTE = "palette"  # request parameter: also return each label map as a palette PNG
+MAX_ENCODED_MB = 20  # one encoded image (a 24-megapixel JPEG is ~10 MB; a VOC photo ~0.1 MB)
 
 
 def encoded_images(model_input) -> list | None:
@@ -42,6 +45,9 @@ def decode(values: list) -> list[np.ndarray]:
     images = []
     for i, value in enumerate(values):
         name = f"{ENCODED} {i}"
+        size = len(value) if isinstance(value, (str, bytes, bytearray)) else 0
+        if size > MAX_ENCODED_MB * 2**20:
+            raise DataError(f"{name}: {size / 2**20:.1f} MB encoded, over the {MAX_ENCODED_MB} MB limit for one image")
         if isinstance(value, str):
             try:
                 value = base64.b64decode(value, validate=True)

@@ -10,78 +10,35 @@ A run ends FINISHED, FAILED, or KILLED (SIGINT/SIGTERM); its parent ends with it
 is finished when its last stage is (and running again while a later stage runs). A process killed
 outright (`kill -9`, a lost node) cannot end its run: each run records its host and process, and the next
 stage started on that host marks the runs of processes that are gone as KILLED.
+
+A tracking server that stops answering costs no work (`tracking.on_outage: buffer`, the default): MLflow
+gives up within a bounded time (`wsss.tracking.outage`), the stage says so in one warning line and its run
+goes on in the local buffer store (`wsss.tracking.buffer`), whole; `wsss tracking sync` sends it later
+(`wsss.tracking.sync`). A server already unreachable at the start buffers the run from its first line.
+With `fail`, either case is one `TrackingUnreachable` line and the stage stops (finished outputs kept).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import socket
 import subprocess
-from dataclasses import dataclass
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from wsss.errors import WsssError
 from wsss.interrupt import is_interrupt
+import wsss.tracking.buffer as buffer
 from wsss.pids import boot_id, is_running, started
-from wsss.settings import project_root
-
-PIPELINE_TAG = "wsss.pipeline"
-
-
-def tracking_uri(uri: str | None = None) -> str:
-    """Explicit uri > MLFLOW_TRACKING_URI > the embedded SQLite store `mlflow.db` in the project root."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{project_root() / 'mlflow.db'}"
-
-
-class TrackingUnreachable(WsssError):
-    """The MLflow tracking server does not answer: said in one line, instead of minutes of MLflow retries."""
-
-
-def open_store(uri: str | None = None):
-    """An MLflow client on the tracking store; opening a SQLite store checks its schema (seconds), once
-    per process: MLflow keeps the store. A tracking server is probed first (`check_server`)."""
-    uri = tracking_uri(uri)
-    if uri.startswith(("http://", "https://")):
-        check_server(uri)
-    _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    client.search_experiments(max_results=1)
-    return client
-
-
-def check_server(uri: str, timeout: float = 3.0) -> None:
-    """GET `<uri>/health` (through the same proxy settings as MLflow's client): no connection, a timeout or
-    a 5xx (a proxy with nothing behind it) raises `TrackingUnreachable`. Any other answer, TLS errors
-    included, means a server is there: MLflow's own client reports what else is wrong."""
-    import http.client
-    import ssl
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-        return
-    except urllib.error.HTTPError as e:
-        if e.code < 500:
-            return
-        reason = f"HTTP {e.code}"
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, ssl.SSLError):
-            return
-        reason = str(e.reason)
-    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, a port that does not speak HTTP
-        reason = str(e) or type(e).__name__
-    raise TrackingUnreachable(f"MLflow tracking server {uri} unreachable ({reason}): start it "
-                              "(bash infra/mlflow_server.sh) or unset MLFLOW_TRACKING_URI")
-
+from wsss.settings import TrackingSettings, project_root
+from wsss.tracking.outage import is_outage
+from wsss.tracking.outage import reason as outage_reason
+from wsss.tracking.store import (PIPELINE_TAG, TrackingUnreachable, check_server, open_store,  # noqa: F401
+                                 quiet_mlflow, tracking_uri)
 
 def _git(*args: str) -> str:
     try:
@@ -103,20 +60,33 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-@dataclass
 class StageRun:
-    """An open MLflow run; safe to use from any thread."""
+    """An open MLflow run; safe to use from any thread.
 
-    client: Any
-    run_id: str
-    artifact_uri: str
+    With `on_outage="buffer"`, a server that stops answering (`wsss.tracking.outage`) does not stop the
+    stage: one warning line, then the run moves to the local buffer store (`wsss.tracking.buffer`) with
+    everything logged so far (kept in a journal while the run is on the server) and the stage goes on;
+    `buffered` is then True and `client`/`run_id` are the buffer's. With `"fail"` the outage is one
+    `TrackingUnreachable` line."""
 
+    def __init__(self, client, run_id: str, artifact_uri: str, *, uri: str = "", stage: str = "",
+                 on_outage: str = "fail", parent_id: str | None = None, origin: dict | None = None):
+        self.client, self.run_id, self.artifact_uri = client, run_id, artifact_uri
+        self.uri, self.stage, self.on_outage, self.parent_id = uri, stage, on_outage, parent_id
+        self.origin = origin or {}  # experiment, run name, start time, creation tags, pipeline key: to recreate it
+        self.buffered = False
+        self._gone = False  # the server was found gone with on_outage fail
+        self.status: str | None = None  # how the run ends when the stage returns normally (None: FINISHED)
+        self._journal: list[tuple[str, tuple, dict]] | None = [] if uri.startswith(("http://", "https://")) else None
+        self._lock = threading.RLock()
+
+    # ---- what stages log ------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            self._write("log_batch", params=items[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import math
@@ -128,28 +98,107 @@ class StageRun:
         items = [Metric(metric_name(k), float(v), now, step or 0) for k, v in flatten(metrics).items()
                  if _is_number(v) and not math.isnan(float(v))]
         for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+            self._write("log_batch", metrics=items[i : i + 500])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            self._write("log_artifacts", str(path), artifact_path)
         elif path.exists():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._write("log_artifact", str(path), artifact_path)
 
     def log_dict(self, obj: Any, name: str) -> None:
-        self.client.log_dict(self.run_id, obj, name)
+        self._write("log_dict", obj, name)
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        self._write("log_text", text, name)
 
     def log_image(self, image, key: str, step: int = 0) -> None:
         """A PIL image or HxWx3 uint8 array; `key`+`step` give the UI's step slider."""
-        self.client.log_image(self.run_id, image, key=key, step=step)
+        self._write("log_image", image, key=key, step=step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        self._write("log_batch", tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def end(self, status: str) -> None:
+        """End the run and its parent (a pipeline version ends with its last stage); not on a server
+        already found gone (`fail`: the stage has said so, a second wait would only delay it)."""
+        if self._gone:
+            return
+        self._write("set_terminated", status=status, journal=False)
+        with self._lock:
+            self._apply(lambda client: client.set_terminated(self.parent_id, status=status), journal=False)
+
+    # ---- the server, the buffer -------------------------------------------------------------------------
+    def require_server(self, what: str) -> None:
+        """Work that only the tracking server can do (the model registry): one line when it is gone."""
+        if self.buffered:
+            raise TrackingUnreachable(f"{what} needs the MLflow server {self.uri}, which stopped answering")
+
+    @contextlib.contextmanager
+    def on_server(self, what: str) -> Iterator[None]:
+        """Calls made straight on `client` (not through this run's methods): an outage there is one
+        `TrackingUnreachable` line, and the run itself moves to the buffer (`buffer`) so that the stage's
+        end is still recorded."""
+        self.require_server(what)
+        try:
+            yield
+        except Exception as e:
+            if not self.uri.startswith(("http://", "https://")) or not is_outage(e, self.uri):
+                raise
+            if self.on_outage == "buffer":
+                with self._lock:
+                    self._switch(e)
+            raise TrackingUnreachable(f"{what} needs the MLflow server {self.uri}, which stopped answering "
+                                      f"({outage_reason(e)})") from None
+
+    def _write(self, method: str, *args, journal: bool = True, **kwargs) -> None:
+        with self._lock:
+            if journal and self._journal is not None:
+                self._journal.append((method, args, kwargs))
+            self._apply(lambda client: getattr(client, method)(self.run_id, *args, **kwargs), journal)
+
+    def _apply(self, call, journal: bool = True) -> None:
+        try:
+            call(self.client)
+        except Exception as e:
+            if self.buffered or self._journal is None or not is_outage(e, self.uri):
+                raise
+            if self.on_outage != "buffer":
+                self._gone = True
+                raise TrackingUnreachable(f"MLflow tracking server {self.uri} stopped answering during "
+                                          f"{self.stage} ({outage_reason(e)}); tracking.on_outage is fail") from None
+            self._switch(e)
+            if not journal:  # a journaled call was replayed by the switch
+                call(self.client)
+
+    def _switch(self, error: BaseException | None) -> None:
+        """Move this run to the buffer store with everything logged so far; later calls go there."""
+        if self.buffered:
+            return
+        import sys
+
+        where = buffer.buffer_dir()
+        cause = f" ({outage_reason(error)})" if error is not None else ""
+        # straight to stderr: inside a flow `print` becomes a Prefect log line, hidden below INFO
+        sys.stderr.write(f"warning: MLflow server {self.uri} does not answer{cause}: {self.stage} goes on, its run "
+                         f"is kept in {where} (`wsss tracking sync` sends it once the server is back)\n")
+        sys.stderr.flush()
+        client = buffer.open_buffer()
+        origin = self.origin
+        experiment = buffer.experiment_id(client, origin["experiment"])
+        parent = buffer.parent_run(client, experiment, origin["key"], self.uri, self.parent_id or "",
+                                   {"mlflow.source.git.commit": origin["tags"].get("git.commit", "")})
+        tags = {**origin["tags"], "mlflow.parentRunId": parent, buffer.SERVER_TAG: self.uri,
+                buffer.SERVER_RUN_TAG: "" if self.run_id is None else self.run_id}
+        run = client.create_run(experiment, start_time=origin["start_time"], run_name=origin["run_name"], tags=tags)
+        self.client, self.run_id, self.artifact_uri, self.parent_id = client, run.info.run_id, run.info.artifact_uri, parent
+        self.buffered = True
+        journal, self._journal = self._journal or [], None
+        for method, args, kwargs in journal:
+            getattr(client, method)(self.run_id, *args, **kwargs)
 
 
 def metric_name(name: str) -> str:
@@ -164,11 +213,6 @@ def _is_number(v: Any) -> bool:
         return not isinstance(v, bool)
     except (TypeError, ValueError):
         return False
-
-
-def _quiet_mlflow() -> None:
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _parent_run(client, experiment_id: str, key: str, git_commit: str) -> str:
@@ -224,24 +268,24 @@ def end_status(error: BaseException | None) -> str:
 
 
 @contextlib.contextmanager
-def start_stage_run(stage: str, params: Mapping[str, Any], *, experiment: str = "wsss",
-                    uri: str | None = None) -> Iterator[StageRun]:
-    """Open the MLflow run of one stage execution; FINISHED on success, KILLED on an interrupt, FAILED on
-    any other exception. The parent run ends with the same status."""
-    client = open_store(uri)
-    exp = client.get_experiment_by_name(experiment)
-    experiment_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    mark_stale_runs(client, experiment_id)
+def start_stage_run(stage: str, params: Mapping[str, Any], *, experiment: str | None = None,
+                    uri: str | None = None, tracking: TrackingSettings | None = None) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage execution; FINISHED on success (or `run.status` when the stage
+    set it), KILLED on an interrupt, FAILED on any other exception. The parent run ends with the same
+    status. `tracking` (params.yaml's section) gives the experiment, the server, what an outage does and
+    how long MLflow may take to notice one; `experiment`/`uri` override it."""
+    tracking = tracking or TrackingSettings()
+    experiment = experiment or tracking.experiment
+    uri = tracking_uri(uri or tracking.uri)
     commit = _git("rev-parse", "HEAD")
     exp_name = os.environ.get("DVC_EXP_NAME", "")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     key = exp_name or ((commit[:7] or "nogit") + ("-dirty" if dirty else ""))
-    parent = _parent_run(client, experiment_id, key, commit)
-    run = client.create_run(experiment_id, run_name=f"{key}:{stage}", tags={
-        "mlflow.parentRunId": parent, "dvc.stage": stage, "dvc.exp_name": exp_name, "git.commit": commit,
-        "git.dirty": str(dirty), "mlflow.source.git.commit": commit, PIPELINE_TAG + ".member": key, **_owner(),
-    })
-    stage_run = StageRun(client, run.info.run_id, run.info.artifact_uri)
+    tags = {"dvc.stage": stage, "dvc.exp_name": exp_name, "git.commit": commit, "git.dirty": str(dirty),
+            "mlflow.source.git.commit": commit, PIPELINE_TAG + ".member": key, **_owner()}
+    origin = {"experiment": experiment, "key": key, "run_name": f"{key}:{stage}", "tags": tags,
+              "start_time": int(time.time() * 1000)}
+    stage_run = _open_run(stage, uri, tracking, origin, commit)
     stage_run.log_params(params)
     error: BaseException | None = None
     try:
@@ -250,5 +294,27 @@ def start_stage_run(stage: str, params: Mapping[str, Any], *, experiment: str = 
         error = e
         raise
     finally:
-        client.set_terminated(run.info.run_id, status=end_status(error))
-        client.set_terminated(parent, status=end_status(error))
+        stage_run.end(end_status(error) if error is not None else stage_run.status or "FINISHED")
+
+
+def _open_run(stage: str, uri: str, tracking: TrackingSettings, origin: dict, commit: str) -> StageRun:
+    """The stage's run on the tracking store; in the buffer when the server is unreachable at start and
+    `tracking.on_outage` is buffer (one warning line), else `TrackingUnreachable`."""
+    try:
+        client = open_store(uri, tracking)
+        exp = client.get_experiment_by_name(origin["experiment"])
+        experiment_id = exp.experiment_id if exp else client.create_experiment(origin["experiment"])
+        mark_stale_runs(client, experiment_id)
+        parent = _parent_run(client, experiment_id, origin["key"], commit)
+        run = client.create_run(experiment_id, run_name=origin["run_name"], start_time=origin["start_time"],
+                                tags={"mlflow.parentRunId": parent, **origin["tags"]})
+    except Exception as e:
+        remote = uri.startswith(("http://", "https://"))
+        if not remote or tracking.on_outage != "buffer" or not is_outage(e, uri):
+            raise
+        stage_run = StageRun(None, None, "", uri=uri, stage=stage, on_outage="buffer", origin=origin)
+        stage_run._switch(e)
+        return stage_run
+    return StageRun(client, run.info.run_id, run.info.artifact_uri, uri=uri, stage=stage,
+                    on_outage=tracking.on_outage, parent_id=parent, origin=origin)
+
