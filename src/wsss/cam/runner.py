@@ -102,6 +102,14 @@ def reuse(todo: list, cam_dir: str | Path, reuse_dir: str | Path) -> tuple[list,
     return left, copied
 
 
+def batch_size(engine) -> int:
+    """Images per trunk forward: `cams.batch_size` on a GPU; one on a CPU, where batching gains little and a
+    batch's composition (which depends on the shard count and on what an interrupted run left) changes how
+    the CPU kernels sum, moving some fp16 maps by one unit in the last place: one image at a time, a CAM
+    file is the same bytes whatever the shards, the resumptions or the Dask workers."""
+    return max(1, engine.config.batch_size) if engine.device.type != "cpu" else 1
+
+
 def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, settings_key: str = "",
                   shard: int = 0, shards: int = 1, progress: bool = True,
                   reuse_dir: str | Path | None = None) -> ShardStats:
@@ -120,7 +128,7 @@ def compute_shard(ds: Dataset, cam_dir: str | Path, engine_factory: Callable, se
 
     engine = engine_factory()
     sizes = [(int(row["width"]), int(row["height"])) for row, _ in todo]
-    groups = size_groups(sizes, engine.patch_size, max(1, engine.config.batch_size))
+    groups = size_groups(sizes, engine.patch_size, batch_size(engine))
     start = time.perf_counter()
     with WarmProgress(len(todo), f"cams shard {shard}/{shards}", disable=not progress) as bar:
         for group in groups:
