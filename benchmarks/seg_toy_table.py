@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "src"))
 from wsss.data.manifest import read_dataset  # noqa: E402
 from wsss.metrics.headline import PSEUDO_METRICS  # noqa: E402
 from wsss.seg.infer import evaluate_segmenter, load_segmenter  # noqa: E402
-from wsss.seg.run import SEGMENTER_FILE, train_from_settings  # noqa: E402
+from wsss.seg.run import SEGMENTER_FILE, decoder_stride, train_from_settings  # noqa: E402
 from wsss.settings import load_settings  # noqa: E402
 
 PUBLISHED_REFINE = 0.05  # SemPLeS, VOC
@@ -75,7 +75,7 @@ def markdown(results: dict, pseudo: dict, train_cfg) -> str:
     classes = list(next(iter(results.values()))["per_class"])
     head = ["val", "val, multi-scale + flip", "s to train", *classes]
     lines = [f"Segmenter (the product's settings): arch {train_cfg.arch}, head {train_cfg.head}, decoder stride "
-             f"{train_cfg.decoder_stride}, width {train_cfg.width}, {train_cfg.iterations} iterations. mIoU / IoU % "
+             f"{decoder_stride(train_cfg)}, width {train_cfg.width}, {train_cfg.iterations} iterations. mIoU / IoU % "
              "on `val`; per class: multi-scale + flip; seconds to train on this machine's CPU.", "",
              "| | " + " | ".join(head) + " |", "|---" + "|---:" * len(head) + "|",
              f"| pseudo masks (made with the image labels known) | {100 * pseudo['val']['miou']:.1f} | – | – |"

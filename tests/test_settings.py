@@ -50,8 +50,8 @@ def test_params_yaml_lists_every_setting():
     ({"train": {"arch": "resnet50", "backbone_lr": 0}}, "train.backbone_lr 0 (a frozen backbone) is for arch clip"),
     ({"train": {"arch": "resnet101", "decoder_stride": 1}}, "train.decoder_stride 1 continues the V3+ decoder on the "
                                                             "clip backbone's pixel stem: it needs head deeplabv3plus"),
-    ({"train": {"decoder_stride": 3}}, "train.decoder_stride: expected one of 1/2/4, got 3"),
-    ({"train": {"decoder_stride": True}}, "train.decoder_stride: expected one of 1/2/4, got True"),
+    ({"train": {"decoder_stride": 3}}, "train.decoder_stride: expected one of 1/2/4 or null, got 3"),
+    ({"train": {"decoder_stride": True}}, "train.decoder_stride: expected one of 1/2/4 or null, got True"),
     (["cams"], "expected a mapping of sections at the top level, got list"),
 ])
 def test_each_mistake_is_one_line(raw, message):

@@ -258,7 +258,7 @@ class TrainSettings(Section):
     arch: Literal["toy", "clip", "resnet50", "resnet101", "mobilenet_v3_large"] = knob("clip")
     width: int = knob(16, ge=4)
     head: Literal["deeplabv3", "deeplabv3plus"] = knob("deeplabv3plus")
-    decoder_stride: Literal[1, 2, 4] = knob(4)
+    decoder_stride: Literal[1, 2, 4] | None = knob(None)
     backbone_lr: float | None = knob(None, ge=0)
     weights: str | None = knob(None)
     target: Literal["pseudo", "ground_truth"] = knob("pseudo")
@@ -284,7 +284,7 @@ class TrainSettings(Section):
         if self.head == "deeplabv3plus" and self.arch not in V3PLUS_ARCHS:
             raise ConfigError(f"train.head deeplabv3plus needs stride-4 features: arch clip, resnet50 or resnet101, "
                               f"not {self.arch} (set train.head: deeplabv3)")
-        if self.decoder_stride != 4 and (self.head != "deeplabv3plus" or self.arch != "clip"):
+        if self.decoder_stride not in (None, 4) and (self.head != "deeplabv3plus" or self.arch != "clip"):
             raise ConfigError(f"train.decoder_stride {self.decoder_stride} continues the V3+ decoder on the clip "
                               f"backbone's pixel stem: it needs head deeplabv3plus and arch clip (or set 4)")
         if self.backbone_lr == 0 and self.arch != "clip":
@@ -314,7 +314,7 @@ class EvaluateSettings(Section):
     KEY = "evaluate"
     out: str = knob("reports/seg", scheduling=True)
     split: str = knob("val", check=bool, expect="a split name")
-    scales: tuple[float, ...] = knob((0.75, 1.0, 1.25), check=lambda s: bool(s) and all(x > 0 for x in s),
+    scales: tuple[float, ...] = knob((1.0, 1.25, 1.5), check=lambda s: bool(s) and all(x > 0 for x in s),
                                      expect="positive scales")
     flip: bool = knob(True)
     examples: int = knob(6, ge=0)

@@ -166,6 +166,12 @@ def deeplab_head(in_channels: int, num_classes: int, rates: tuple[int, ...], cha
                          nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, num_classes, 1))
 
 
+def default_decoder_stride(arch: str, head: str) -> int:
+    """`train.decoder_stride: null`: full resolution (1) for the V3+ decoder on a `clip` backbone, whose
+    pixel stem has the levels for it; 4, the paper's decoder, for the CNN backbones (as published)."""
+    return 1 if arch == "clip" and head == "deeplabv3plus" else 4
+
+
 def build_segmenter(arch: str, num_classes: int, weights: str | None = None, width: int = 16,
                     clip_model: str | None = None, head: str = "deeplabv3",
                     trainable_backbone: bool = False, decoder_stride: int = 4) -> nn.Module:

@@ -128,7 +128,7 @@ def train_from_settings(settings: Settings, on_log: Callable | None = None, on_c
     if World.from_env().main:
         save_segmenter(Path(cfg.out) / SEGMENTER_FILE, model, cfg.arch, cfg.width, list(ds.vocab.names),
                        {"key": key, "iterations": stats["iterations"], "target": cfg.target, "exif": ds.exif},
-                       settings.clip.model if cfg.arch == "clip" else None, cfg.head, cfg.decoder_stride)
+                       settings.clip.model if cfg.arch == "clip" else None, cfg.head, decoder_stride(cfg))
         write_json(Path(cfg.out) / KEY_FILE, {"key": key, "target": cfg.target, "classes": list(ds.vocab.names)})
     return {**stats, "images": len(ds)}
 
@@ -143,7 +143,14 @@ def new_segmenter(settings: Settings, num_classes: int):
     clip_model = settings.clip.model if cfg.arch == "clip" else None
     weights = cfg.weights or (settings.clip.pretrained if cfg.arch == "clip" else None)
     return build_segmenter(cfg.arch, num_classes + 1, weights, cfg.width, clip_model, cfg.head,
-                           trainable_backbone=backbone_lr(cfg) > 0, decoder_stride=cfg.decoder_stride)
+                           trainable_backbone=backbone_lr(cfg) > 0, decoder_stride=decoder_stride(cfg))
+
+
+def decoder_stride(cfg) -> int:
+    """`train.decoder_stride`, or the architecture's default (`default_decoder_stride`)."""
+    from wsss.seg.model import default_decoder_stride
+
+    return cfg.decoder_stride or default_decoder_stride(cfg.arch, cfg.head)
 
 
 def _transform(image, mask, g, *, crop, scale, fn):
