@@ -4,6 +4,7 @@ level, with each planted class's IoU on its home background against elsewhere (d
     python benchmarks/prompt_ablation.py                               # params.yaml's prompts settings
     python benchmarks/prompt_ablation.py -S length=16 -S init=uniform  # try other prompt settings
     python benchmarks/prompt_ablation.py --seeds 0 1 2                 # the spread over training seeds
+    python benchmarks/prompt_ablation.py -S crops=augmented --variants learned  # one background set only
 
 Needs the pipeline's teacher CAMs (`dvc repro teacher`). Learns the prompts into a temporary folder with
 the given overrides of the `prompts` section (the pipeline's own prompts are left alone), then scores the
@@ -83,7 +84,7 @@ def table(results: dict, names: list[str], planted: dict[str, str]) -> str:
     head = ["mIoU", *names, *(f"{c} at home ({h})" for c, h in planted.items()), "planted at home (mean)"]
     lines = ["| | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for level in LEVELS:
-        for v in VARIANTS:
+        for v in results:
             r = results[v][level]
             cells = [r["miou"], *(r["iou"][n] for n in names), *(r["home"][c] for c in planted),
                      np.mean([r["home"][c] for c in planted])]
@@ -95,6 +96,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="prompts.KEY=VALUE (YAML value)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="train once per seed, report each")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                    help="background sets to score (default: all three)")
     ap.add_argument("--images", type=int, default=None, help="score at most this many images")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
@@ -112,7 +115,7 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             ds = training_split(settings)
             planted = json.loads((Path(ds.root) / "stats.json").read_text()).get("cooccurrence", {})
-            results = {v: score(settings, ds, v, planted, args.images) for v in VARIANTS}
+            results = {v: score(settings, ds, v, planted, args.images) for v in args.variants}
         names = ["background", *ds.vocab.names]
         print(f"\nprompts {({**overrides, **extra}) or '(params.yaml)'}: learned in {seconds:.1f} s, "
               f"final loss {learned.history[-1]['loss']:.4f}; IoU % on {args.images or len(ds)} `{ds.table['split'][0]}` images\n")

@@ -112,7 +112,8 @@ def real_data_params(params: dict, checkpoint: Path) -> dict:
         "cams": {"box_threshold": 0.4, "splits": ["train_aug", "val"], "overlays": 2},
         "evaluate_masks": {"examples": 2, "alphas": [1], "ablation_split": "val"},
         "train": {"arch": "resnet50", "weights": None, "split": "train_aug", "crop": 321, "batch_size": 2,
-                  "iterations": 2, "checkpoint_every": 2, "log_every": 1, "workers": 0},
+                  "iterations": 2, "checkpoint_every": 2, "log_every": 1, "workers": 0,
+                  "self_training": 0},
         "evaluate": {"scales": [1.0], "flip": False, "examples": 2},
     }
     for section, values in switch.items():

@@ -28,17 +28,27 @@ def project(tmp_path_factory):
     generate_toyworld(root / "world", num_train=8, num_val=4, workers=1, progress=False)
     ds = read_dataset_source(root / "world", format="voc")
     write_dataset(ds, root / "prepared")
+    _pseudo_masks(ds, root / "masks")
     clip = {"model": "wsss-toy-vit", "pretrained": str(REPO / "assets/toyclip/wsss-toy-vit.pt")}
     _learned_prompts(root / "prompts", clip, list(ds.vocab.names))
     params = {"data": {"root": "world", "prepared": "prepared"}, "tracking": {"experiment": "ddp"}, "clip": clip,
-              "prompts": {"out": "prompts"},
-              "train": {"out": "train", "arch": "toy", "head": "deeplabv3", "target": "ground_truth", "width": 4,
+              "prompts": {"out": "prompts"}, "masks": {"out": "masks"},
+              "train": {"out": "train", "arch": "toy", "head": "deeplabv3", "width": 4,
                         "iterations": 4, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "device": "cpu",
-                        "prompt_refine": 0.05},  # SemPLeS's refinement inside DDP training
+                        "prompt_refine": 0.05,  # SemPLeS's refinement inside DDP training
+                        "self_training": 1, "self_training_scales": [1.0]},  # each rank re-labels its share
               "evaluate": {"out": "seg", "scales": [1.0], "flip": False, "examples": 2, "registered_model": "ddp"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / "dvc.yaml").write_text("stages: {}\n")
     return root
+
+
+def _pseudo_masks(ds, out: Path) -> None:
+    """Stand-in pseudo masks (the ground truth, keyed as the masks stage keys its PNGs)."""
+    from wsss.data.palette import load_mask, save_palette_png
+
+    for row in ds.table.itertuples(index=False):
+        save_palette_png(out / f"{row.id}.png", load_mask(ds.root / row.mask), key="test")
 
 
 def _learned_prompts(out: Path, clip: dict, classes: list[str]) -> None:
@@ -69,13 +79,23 @@ def test_torchrun_two_processes_then_evaluate_reads_the_checkpoint(project):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = __import__("torch").load(project / "train/checkpoint.pt", weights_only=True)
     assert state["iteration"] == 4 and (project / "train/segmenter.pt").is_file()
+    from wsss.data.palette import stored_png_key
+
+    labels = sorted((project / "train/self_training/round1/labels").glob("*.png"))
+    assert len(labels) == 8 and {stored_png_key(p) for p in labels} == {state["key"] + ":self-training-1"}
+    student = __import__("torch").load(project / "train/self_training/round1/checkpoint.pt", weights_only=True)
+    saved = __import__("torch").load(project / "train/segmenter.pt", weights_only=True)
+    assert student["iteration"] == 4 and saved["meta"]["iterations"] == 8  # the student is what is saved
+    assert all((saved["state_dict"][k] == v).all() for k, v in student["model"].items())
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("ddp")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`dvc.stage` = 'train'")
     assert len(runs) == 1  # one MLflow run for the two processes (rank 0's)
-    assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 4
+    loss = client.get_metric_history(runs[0].info.run_id, "loss")  # teacher then student, steps continuing
+    assert sorted(m.step for m in loss) == [1, 2, 3, 4, 5, 6, 7, 8]
     refine = client.get_metric_history(runs[0].info.run_id, "loss_refine")  # λ₃ · L_refine, every step
-    assert len(refine) == 4 and all(0 < m.value < 0.05 * 10 for m in refine)
+    assert len(refine) == 8 and all(0 < m.value < 0.05 * 10 for m in refine)
+    assert 0 <= runs[0].data.metrics["self_training_1_ignored_share"] < 1
     assert runs[0].data.metrics["images_per_second"] > 0
 
     proc = subprocess.run([sys.executable, "-m", "stages.evaluate"], cwd=project, env=_env(project),
@@ -96,7 +116,7 @@ def test_kill_9_mid_training_then_rerun_continues_from_the_checkpoint(project):
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"].update(out="long", iterations=1000, checkpoint_every=20, log_every=20, target="ground_truth",
-                           prompt_refine=0.0)
+                           self_training=0, prompt_refine=0.0)
     (project / "long.yaml").write_text(yaml.safe_dump(params))
     env = {**_env(project), "WSSS_PARAMS": str(project / "long.yaml")}
     proc = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=project, env=env, text=True,

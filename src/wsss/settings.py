@@ -273,6 +273,9 @@ class TrainSettings(Section):
     weight_decay: float = knob(1e-4, ge=0)
     poly_power: float = knob(0.9, ge=0)
     prompt_refine: float = knob(0.0, ge=0)
+    self_training: int = knob(1, ge=0)
+    self_training_scales: tuple[float, ...] = knob((1.0, 1.25, 1.5), check=lambda s: bool(s) and all(x > 0 for x in s),
+                                                   expect="positive scales")
     checkpoint_every: int = knob(250, ge=1, scheduling=True)
     log_every: int = knob(25, ge=1, scheduling=True)
     amp: Literal["fp16", "bf16"] | None = knob(None)
@@ -287,6 +290,9 @@ class TrainSettings(Section):
         if self.decoder_stride not in (None, 4) and (self.head != "deeplabv3plus" or self.arch != "clip"):
             raise ConfigError(f"train.decoder_stride {self.decoder_stride} continues the V3+ decoder on the clip "
                               f"backbone's pixel stem: it needs head deeplabv3plus and arch clip (or set 4)")
+        if self.self_training and self.target != "pseudo":
+            raise ConfigError("train.self_training re-labels the pseudo masks' images with the segmenter; with "
+                              "target ground_truth there is nothing to re-label (set train.self_training: 0)")
         if self.backbone_lr == 0 and self.arch != "clip":
             raise ConfigError(f"train.backbone_lr 0 (a frozen backbone) is for arch clip; a {self.arch} backbone "
                               f"trains with its BatchNorm statistics: use a factor > 0")

@@ -60,7 +60,14 @@ def segmenter_key(settings: Settings, ds) -> str:
     return fingerprint({"train": cfg.work_settings(), "labels": labels, "classes": ds.vocab.names,
                         "weights": weights_id(weights) if weights else None,
                         "clip": settings.clip.model if cfg.arch == "clip" else None,
-                        "refine": refinement_key(settings) if cfg.prompt_refine else None})
+                        "refine": refinement_key(settings) if cfg.prompt_refine else None,
+                        "self_training": self_training_key(settings) if cfg.self_training else None})
+
+
+def self_training_key(settings: Settings) -> dict:
+    """How a self-training round's labels are cleaned: the masks stage's CRF and confidence."""
+    masks = settings.masks
+    return {"use_crf": masks.use_crf, "crf": masks.crf.as_dict(), "confidence": masks.confidence}
 
 
 def refinement_key(settings: Settings) -> dict:
@@ -125,12 +132,44 @@ def train_from_settings(settings: Settings, on_log: Callable | None = None, on_c
     refine = prompt_refinement(settings, list(ds.vocab.names), IMAGENET_MEAN, IMAGENET_STD,
                                pick_device(cfg.device, World.from_env()))
     stats = train_segmenter(model, pairs, cfg, cfg.out, key, on_log, on_checkpoint, progress, refine)
+    for round_ in range(1, cfg.self_training + 1):
+        model, stats = self_training_round(settings, ds, model, round_, key, transform, refine, stats, on_log,
+                                           progress)
     if World.from_env().main:
         save_segmenter(Path(cfg.out) / SEGMENTER_FILE, model, cfg.arch, cfg.width, list(ds.vocab.names),
                        {"key": key, "iterations": stats["iterations"], "target": cfg.target, "exif": ds.exif},
                        settings.clip.model if cfg.arch == "clip" else None, cfg.head, decoder_stride(cfg))
         write_json(Path(cfg.out) / KEY_FILE, {"key": key, "target": cfg.target, "classes": list(ds.vocab.names)})
     return {**stats, "images": len(ds)}
+
+
+def self_training_round(settings: Settings, ds, teacher, round_: int, key: str, transform, refine, stats: dict,
+                        on_log: Callable | None, progress: bool):
+    """One round of `wsss.seg.self_training`: `teacher` re-labels the training images into
+    `<train.out>/self_training/round<k>/labels` (each rank its share), then a fresh segmenter trains on
+    them with its own checkpoint there. Returns (the new segmenter, the statistics summed over rounds)."""
+    import torch
+
+    from wsss.seg.data import SegmentationPairs
+    from wsss.seg.infer import IMAGENET_MEAN, IMAGENET_STD
+    from wsss.seg.self_training import relabel
+    from wsss.seg.train import World, train_segmenter
+
+    cfg, world = settings.train, World.from_env()
+    folder = Path(cfg.out) / "self_training" / f"round{round_}"
+    round_key = f"{key}:self-training-{round_}"
+    made = relabel(teacher, ds, folder / "labels", round_key, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+                   settings.masks, cfg.self_training_scales, world.rank, world.size, progress and world.main)
+    if world.size > 1:
+        torch.distributed.barrier()
+    torch.manual_seed(cfg.seed)
+    student = new_segmenter(settings, ds.vocab.num_classes)
+    pairs = SegmentationPairs(ds, folder / "labels", transform, cfg.seed)
+    offset = round_ * cfg.iterations  # MLflow steps continue across rounds
+    log = (lambda it, metrics: on_log(offset + it, metrics)) if on_log else None
+    new = train_segmenter(student, pairs, cfg, folder, round_key, log, None, progress, refine)
+    total = {**new, **{k: stats[k] + new[k] for k in ("iterations", "seconds", "data_seconds")}}
+    return student, {**total, f"self_training_{round_}_ignored_share": made["ignored_share"]}
 
 
 def new_segmenter(settings: Settings, num_classes: int):
