@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from wsss import interrupt
 from wsss.data.vocab import IGNORE
 from wsss.masks.crf import crf_refine
 from wsss.masks.pseudo import confidence_mask
@@ -48,6 +49,7 @@ def relabel(model: torch.nn.Module, ds, out_dir: str | Path, key: str, info: dic
     rows = list(ds.table.itertuples(index=False))[rank::world_size]
     done, ignored, pixels = 0, 0, 0
     for row in tqdm(rows, desc="self-training labels", unit="img", disable=not progress):
+        interrupt.check()  # a stop lands between images; the labels written so far are kept
         path = out_dir / f"{row.id}.png"
         if stored_png_key(path) == key:
             mask = load_mask(path)
