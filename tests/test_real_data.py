@@ -3,7 +3,7 @@
 A small VOC-format set at VOC image sizes (500×375, 375×500, 500×333 JPEGs, XML labels, palette GT,
 splits train_aug + val, the 20 VOC classes with four present), a ViT-B-16-quickgelu checkpoint file with
 random weights (nothing downloads), CLIP-ES's text side, SemPLeS's published prompt settings (2 epochs
-instead of 60), DeepLab-V3+ ResNet-50 at crop 321 for 2 iterations with `train.weights: null` (no ImageNet
+instead of 60), DeepLab-V3+ ResNet-50 at crop 321 for 1 iteration with `train.weights: null` (no ImageNet
 file here: random init). Checks that every stage runs, the model registers and `wsss predict` returns
 full-size masks; the scores of random weights mean nothing and are not checked.
 """
@@ -112,7 +112,7 @@ def real_data_params(params: dict, checkpoint: Path) -> dict:
         "cams": {"box_threshold": 0.4, "splits": ["train_aug", "val"], "overlays": 2},
         "evaluate_masks": {"examples": 2, "alphas": [1], "ablation_split": "val"},
         "train": {"arch": "resnet50", "weights": None, "split": "train_aug", "crop": 321, "batch_size": 2,
-                  "iterations": 2, "checkpoint_every": 2, "log_every": 1, "workers": 0,
+                  "iterations": 1, "checkpoint_every": 1, "log_every": 1, "workers": 0,
                   "self_training": 0},
         "evaluate": {"scales": [1.0], "flip": False, "examples": 2},
     }
