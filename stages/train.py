@@ -1,5 +1,6 @@
 """DVC stage `train`: DeepLab-V3(+) on the pseudo masks with the confidence-guided loss, plus SemPLeS's
-prompt-guided refinement when `train.prompt_refine` > 0 (docs/method.md §5).
+prompt-guided refinement when `train.prompt_refine` > 0, then `train.self_training` rounds on the
+segmenter's own labels (docs/method.md §5).
 
 One process: `python -m stages.train` (what `dvc repro` runs). Several GPUs or nodes: the same entry point
 under `torchrun --nproc_per_node N -m stages.train` (DDP); rank 0 runs the Prefect flow and the MLflow run,
