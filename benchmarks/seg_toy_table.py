@@ -42,6 +42,7 @@ BASE = {"self_training": 0}  # the levers below are each measured against the pr
 # row: (what it is, overrides of the train settings); "refine" gets its λ₃ in row_settings
 ROWS = {
     "product": ("the product: segmenter, confidence-guided loss, one self-training round (params.yaml)", {}),
+    "long": ("the product, 1,000 iterations a round", {"iterations": 1000}),
     "no_self_train": ("without self-training (the first round's segmenter)", BASE),
     "refine": ("without self-training, + prompt-guided refinement", BASE),
     "stride4": ("without self-training, decoder at stride 4 (DeepLab-V3+ as published)", {**BASE, "decoder_stride": 4}),

@@ -263,7 +263,7 @@ class TrainSettings(Section):
     weights: str | None = knob(None)
     target: Literal["pseudo", "ground_truth"] = knob("pseudo")
     split: str = knob("train", check=bool, expect="a split name")
-    iterations: int = knob(1000, ge=1)
+    iterations: int = knob(750, ge=1)
     batch_size: int = knob(16, ge=1)
     crop: int = knob(64, ge=8)
     scale: tuple[float, float] = knob((0.75, 1.5), check=lambda s: len(s) == 2 and 0 < s[0] <= s[1],
