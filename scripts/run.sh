@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine with only Python 3.11 and pip:
 #   bash scripts/run.sh setup      install uv (if absent) and the pinned environment into .venv
-#   bash scripts/run.sh pipeline   setup + `dvc repro` of the default (toy world) pipeline
+#   bash scripts/run.sh pipeline   setup + the default (toy world) pipeline: `wsss repro` (= `dvc repro`, its
+#                                  stages sharing one Prefect API instead of starting one each)
 #   bash scripts/run.sh test       setup + the UI test's browser (Debian's chromium, when apt is usable) + the test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,7 @@ browser() {
 cmd=${1:-test}; shift || true
 case "$cmd" in
   setup) setup ;;
-  pipeline) setup; .venv/bin/dvc repro "$@" && .venv/bin/dvc metrics show ;;
+  pipeline) setup; .venv/bin/wsss repro "$@" && .venv/bin/dvc metrics show ;;
   test) setup; browser; .venv/bin/python -m pytest "$@" ;;
   *) echo "usage: bash scripts/run.sh setup|pipeline|test [args]" >&2; exit 2 ;;
 esac

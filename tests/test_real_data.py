@@ -122,14 +122,18 @@ def real_data_params(params: dict, checkpoint: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def repro(tmp_path_factory, random_vit_b16):
+def repro(tmp_path_factory, random_vit_b16, prefect_harness):
+    """The switch's `dvc repro`; its stages share the worker's Prefect API (test_pipeline covers the stages
+    that boot their own), so none spends seconds starting one."""
+    from prefect.settings import PREFECT_API_URL
+
     work = tmp_path_factory.mktemp("repo")
     copy_repo(work)
     make_voc_set(work / VOC_ROOT)
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(real_data_params(yaml.safe_load(params_file.read_text()), random_vit_b16),
                                           sort_keys=False))
-    env, _ = commit_and_repro(work)
+    env, _ = commit_and_repro(work, PREFECT_API_URL=PREFECT_API_URL.value())
     return work, env
 
 

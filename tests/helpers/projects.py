@@ -50,11 +50,11 @@ def commit_copy(work: Path) -> None:
         subprocess.run(cmd, cwd=work, check=True, capture_output=True)
 
 
-def commit_and_repro(work: Path) -> tuple[dict, subprocess.CompletedProcess]:
-    """`commit_copy`, then `dvc repro` in `work` with its own MLflow store; returns (the environment the
-    stages ran with, the finished `dvc repro`), which must have succeeded."""
+def commit_and_repro(work: Path, **extra_env: str) -> tuple[dict, subprocess.CompletedProcess]:
+    """`commit_copy`, then `dvc repro` in `work` with its own MLflow store (and `extra_env`); returns (the
+    environment the stages ran with, the finished `dvc repro`), which must have succeeded."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra_env}
     commit_copy(work)
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env,
                           capture_output=True, text=True, timeout=1500)
