@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from wsss.tracking.store import TrackingUnreachable, check_server, is_server
 
+
 def _chain(error: BaseException):
     seen = set()
     while error is not None and id(error) not in seen:

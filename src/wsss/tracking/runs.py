@@ -37,8 +37,8 @@ from wsss.pids import boot_id, is_running, started
 from wsss.settings import TrackingSettings, project_root
 from wsss.tracking.outage import is_outage
 from wsss.tracking.outage import reason as outage_reason
-from wsss.tracking.store import (PIPELINE_TAG, TrackingUnreachable, check_server, open_store,  # noqa: F401
-                                 quiet_mlflow, tracking_uri)
+from wsss.tracking.store import (PIPELINE_TAG, TrackingUnreachable, check_server, is_server,  # noqa: F401
+                                 open_store, quiet_mlflow, tracking_uri)
 
 def _git(*args: str) -> str:
     try:
@@ -77,7 +77,7 @@ class StageRun:
         self.buffered = False
         self._gone = False  # the server was found gone with on_outage fail
         self.status: str | None = None  # how the run ends when the stage returns normally (None: FINISHED)
-        self._journal: list[tuple[str, tuple, dict]] | None = [] if uri.startswith(("http://", "https://")) else None
+        self._journal: list[tuple[str, tuple, dict]] | None = [] if is_server(uri) else None
         self._lock = threading.RLock()
 
     # ---- what stages log ------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class StageRun:
         try:
             yield
         except Exception as e:
-            if not self.uri.startswith(("http://", "https://")) or not is_outage(e, self.uri):
+            if not is_server(self.uri) or not is_outage(e, self.uri):
                 raise
             if self.on_outage == "buffer":
                 with self._lock:
@@ -309,7 +309,7 @@ def _open_run(stage: str, uri: str, tracking: TrackingSettings, origin: dict, co
         run = client.create_run(experiment_id, run_name=origin["run_name"], start_time=origin["start_time"],
                                 tags={"mlflow.parentRunId": parent, **origin["tags"]})
     except Exception as e:
-        remote = uri.startswith(("http://", "https://"))
+        remote = is_server(uri)
         if not remote or tracking.on_outage != "buffer" or not is_outage(e, uri):
             raise
         stage_run = StageRun(None, None, "", uri=uri, stage=stage, on_outage="buffer", origin=origin)

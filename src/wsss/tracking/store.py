@@ -44,7 +44,7 @@ def open_store(uri: str | None = None, tracking: TrackingSettings | None = None)
     retries and timeouts are bounded by `tracking` (`wsss.tracking.outage`)."""
     uri = tracking_uri(uri)
     bound_requests(tracking)
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         check_server(uri)
     quiet_mlflow()
     from mlflow.tracking import MlflowClient

@@ -19,7 +19,7 @@ from wsss.errors import WsssError
 import wsss.tracking.buffer as buffer
 from wsss.tracking.buffer import BUFFERED_TAG, INTERNAL, SERVER_RUN_TAG, SERVER_TAG, SYNCED_TAG
 from wsss.tracking.runs import mark_stale_runs
-from wsss.tracking.store import PIPELINE_TAG, open_store, tracking_uri
+from wsss.tracking.store import PIPELINE_TAG, is_server, open_store, tracking_uri
 
 # tags a server run may hold that the buffered run cannot have: set on the server while the stage was
 # buffering (its twin marked KILLED by a later stage, since its process was gone)
@@ -46,7 +46,7 @@ def sync(uri: str | None = None, root: Path | None = None, log: Callable[[str], 
     when it still does not answer."""
     uri = tracking_uri(uri)
     report = SyncReport()
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         raise WsssError(f"{uri}: not a tracking server (runs are buffered only for http(s) servers)")
     if not buffer.exists(root):
         return report
